@@ -1,0 +1,1 @@
+"""Pure array functions (no Flax): the maths every model module calls."""

@@ -1,0 +1,22 @@
+"""Dense layers. Weights are stored [in, out] (HF Linear stores [out, in]; the loader transposes)."""
+
+import jax
+import jax.numpy as jnp
+
+from omni_jax.ops.activations import ACTIVATIONS
+
+
+def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
+    y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype))
+    return y if b is None else y + b.astype(y.dtype)
+
+
+def swiglu_mlp(x: jax.Array, gate_up: jax.Array, down: jax.Array) -> jax.Array:
+    """down(silu(gate(x)) * up(x)) with gate and up fused as [H, 2I] (gate = first I columns)."""
+    g, u = jnp.split(linear(x, gate_up), 2, axis=-1)
+    return linear(jax.nn.silu(g) * u, down)
+
+
+def mlp2(x, w1, b1, w2, b2, act: str):
+    """fc2(act(fc1(x))) with biases."""
+    return linear(ACTIVATIONS[act](linear(x, w1, b1)), w2, b2)

@@ -1,0 +1,1 @@
+"""Host-side preprocessing: tokenizer + chat template, log-mel features, images and video."""

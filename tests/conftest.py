@@ -1,0 +1,35 @@
+"""Shared test setup: CPU JAX in float32 with full-precision matmuls, and session-cached tiny HF checkpoints."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+from hf_fixtures import cached_checkpoint, tiny_config_dict  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fixture_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("hf_fixtures")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(fixture_root) -> Path:
+    """The full tiny omni model (thinker + talker + code2wav), real vocab and special ids, fp32."""
+    return cached_checkpoint(fixture_root, "tiny_omni", tiny_config_dict(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_thinker_only_ckpt(fixture_root) -> Path:
+    return cached_checkpoint(fixture_root, "tiny_thinker_only", tiny_config_dict(with_talker=False), seed=1)
