@@ -1,0 +1,241 @@
+"""The Qwen3-MoE decoder stack shared by the Thinker's text model and the Talker.
+
+Layer (reference notes §2, §5): ``h = x + Attn(RMSNorm(x))``, ``x = h + MoE(RMSNorm(h))`` with GQA, q/k
+RMSNorm over head_dim, interleaved M-RoPE applied after the q/k norms, no biases.
+
+Parameters of all layers are stacked on a leading layer axis and the stack runs as ``jax.lax.scan``. The
+scan is split into segments (never unrolled) where something happens between layers: deepstack
+injections after the first layers, a tapped hidden state (the Talker reads Thinker layer 24), or a change of
+routing hooks from one layer to the next. The KV cache is one array per k/v for all layers,
+``[num_layers, B, S, Hkv, D]``, carried through the scan and updated in place at (layer, slot).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from omni_jax.config import TextConfig
+from omni_jax.models.common import normal, ones
+from omni_jax.moe import RoutingConfig, moe_block
+from omni_jax.ops.attention import attention, causal_mask
+from omni_jax.ops.linear import linear
+from omni_jax.ops.norms import rms_norm
+from omni_jax.ops.rope import apply_rope, mrope_cos_sin
+from omni_jax.weights.rules import Rule, copy_rule, linear_rule, transpose
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: TextConfig, n: int, rngs: nnx.Rngs, dtype):
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.q_proj = normal(rngs, n, h, cfg.num_heads * d, dtype=dtype)
+        self.k_proj = normal(rngs, n, h, cfg.num_kv_heads * d, dtype=dtype)
+        self.v_proj = normal(rngs, n, h, cfg.num_kv_heads * d, dtype=dtype)
+        self.o_proj = normal(rngs, n, cfg.num_heads * d, h, dtype=dtype)
+        self.q_norm = ones(n, d, dtype=dtype)
+        self.k_norm = ones(n, d, dtype=dtype)
+
+
+class MoEParams(nnx.Module):
+    def __init__(self, cfg: TextConfig, n: int, rngs: nnx.Rngs, dtype):
+        h, e, i = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
+        self.router = normal(rngs, n, h, e, dtype=dtype)
+        self.gate_up = normal(rngs, n, e, h, 2 * i, dtype=dtype)
+        self.down = normal(rngs, n, e, i, h, dtype=dtype)
+        s = cfg.shared_expert_intermediate_size
+        if s:
+            self.shared_gate_up = normal(rngs, n, h, 2 * s, dtype=dtype)
+            self.shared_down = normal(rngs, n, s, h, dtype=dtype)
+            self.shared_gate = normal(rngs, n, h, 1, dtype=dtype)
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder layers' parameters, stacked on a leading [num_layers] axis."""
+
+    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, dtype=jnp.float32):
+        n = cfg.num_layers
+        self.input_norm = ones(n, cfg.hidden_size, dtype=dtype)
+        self.post_norm = ones(n, cfg.hidden_size, dtype=dtype)
+        self.attn = Attention(cfg, n, rngs, dtype)
+        self.mlp = MoEParams(cfg, n, rngs, dtype)
+
+
+def decoder_layer_rules(cfg: TextConfig, hf_prefix: str, param_prefix: str) -> list[Rule]:
+    """HF names of one Qwen3-MoE decoder stack (original per-expert layout) -> stacked slots."""
+    n, e = cfg.num_layers, cfg.num_experts
+    L, LE = ("layer",), ("layer", "expert")
+    hp, pp = hf_prefix + "layers.{layer}.", param_prefix
+    rules = [
+        copy_rule(hp + "input_layernorm.weight", pp + "input_norm", L, (n,)),
+        copy_rule(hp + "post_attention_layernorm.weight", pp + "post_norm", L, (n,)),
+        copy_rule(hp + "self_attn.q_norm.weight", pp + "attn.q_norm", L, (n,)),
+        copy_rule(hp + "self_attn.k_norm.weight", pp + "attn.k_norm", L, (n,)),
+        linear_rule(hp + "mlp.gate.weight", pp + "mlp.router", L, (n,)),
+        linear_rule(hp + "mlp.experts.{expert}.gate_proj.weight", pp + "mlp.gate_up", LE, (n, e), part=(0, 2)),
+        linear_rule(hp + "mlp.experts.{expert}.up_proj.weight", pp + "mlp.gate_up", LE, (n, e), part=(1, 2)),
+        linear_rule(hp + "mlp.experts.{expert}.down_proj.weight", pp + "mlp.down", LE, (n, e)),
+    ]
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        rules.append(linear_rule(hp + f"self_attn.{proj}.weight", pp + f"attn.{proj}", L, (n,)))
+    if cfg.shared_expert_intermediate_size:
+        rules += [
+            linear_rule(hp + "mlp.shared_expert.gate_proj.weight", pp + "mlp.shared_gate_up", L, (n,), part=(0, 2)),
+            linear_rule(hp + "mlp.shared_expert.up_proj.weight", pp + "mlp.shared_gate_up", L, (n,), part=(1, 2)),
+            linear_rule(hp + "mlp.shared_expert.down_proj.weight", pp + "mlp.shared_down", L, (n,)),
+            Rule(hp + "mlp.shared_expert_gate.weight", pp + "mlp.shared_gate", L, (n,), transpose, transpose),
+        ]
+    return rules
+
+
+# --------------------------------------------------------------------------------------------- maths
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """Static options of one run of the stack (hashable: safe as a jit static argument)."""
+
+    routing: tuple[RoutingConfig, ...]  # one per layer
+    backend: str = "auto"
+    collect_hidden: bool = False  # return every layer's output (HF output_hidden_states)
+    taps: tuple[int, ...] = ()  # layer outputs to return (e.g. the Talker's accept_hidden_layer - 1)
+    mesh: object = None  # a jax.sharding.Mesh with an "expert" axis: expert-parallel MoE
+
+    @classmethod
+    def uniform(cls, cfg: TextConfig, routing: RoutingConfig | Sequence[RoutingConfig] | None = None, **kw):
+        if routing is None:
+            routing = RoutingConfig.from_text_config(cfg)
+        if isinstance(routing, RoutingConfig):
+            routing = (routing,) * cfg.num_layers
+        routing = tuple(routing)
+        if len(routing) != cfg.num_layers:
+            raise ValueError(f"{len(routing)} routing configs for {cfg.num_layers} layers")
+        return cls(routing=routing, **kw)
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class KVCache:
+    """k, v: [num_layers, B, S, Hkv, D]; valid: [B, S] (slot holds a real token); length: slots written."""
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    length: jax.Array  # int32 scalar
+
+    @classmethod
+    def create(cls, cfg: TextConfig, batch: int, size: int, dtype) -> "KVCache":
+        shape = (cfg.num_layers, batch, size, cfg.num_kv_heads, cfg.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, size), bool),
+                   jnp.zeros((), jnp.int32))
+
+    @property
+    def size(self) -> int:
+        return self.k.shape[2]
+
+
+def _layer(p, x, cos, sin, mask, cache, layer_idx, slot, cfg: TextConfig, routing: RoutingConfig, backend,
+           token_mask, mesh=None):
+    b, l, _ = x.shape
+    hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    a = p["attn"]
+    h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
+    q = rms_norm(linear(h, a["q_proj"]).reshape(b, l, hq, d), a["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm(linear(h, a["k_proj"]).reshape(b, l, hkv, d), a["k_norm"], cfg.rms_norm_eps)
+    v = linear(h, a["v_proj"]).reshape(b, l, hkv, d)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cache is not None:
+        ck, cv = cache
+        ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (layer_idx, 0, slot, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (layer_idx, 0, slot, 0, 0))
+        cache = (ck, cv)
+        k = jax.lax.dynamic_index_in_dim(ck, layer_idx, 0, keepdims=False).astype(x.dtype)
+        v = jax.lax.dynamic_index_in_dim(cv, layer_idx, 0, keepdims=False).astype(x.dtype)
+    o = attention(q, k, v, mask)
+    x = x + linear(o.reshape(b, l, hq * d), a["o_proj"])
+    h = rms_norm(x, p["post_norm"], cfg.rms_norm_eps)
+    y, stats = moe_block(h, p["mlp"], routing, token_mask=token_mask, backend=backend, layer=layer_idx,
+                         mesh=mesh)
+    return x + y.astype(x.dtype), cache, stats
+
+
+def _segments(opts: StackOptions, n_layers: int, n_inject: int) -> list[tuple[int, int]]:
+    cuts = {0, n_layers}
+    cuts.update(t + 1 for t in opts.taps)
+    if n_inject:
+        cuts.add(n_inject)
+    for i in range(1, n_layers):
+        if opts.routing[i] != opts.routing[i - 1]:
+            cuts.add(i)
+    cuts = sorted(c for c in cuts if 0 <= c <= n_layers)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def decoder_stack(layers: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, cfg: TextConfig,
+                  opts: StackOptions, *, cache: KVCache | None = None, slot=0, token_mask=None,
+                  inject: jax.Array | None = None):
+    """Run all layers.
+
+    x [B, L, H]; cos/sin [B, L, D]; mask [B, L, K] bool (K = L without cache, S with one).
+    inject [n, B, L, H] (optional) is added to the output of layers 0..n-1 (deepstack).
+    Returns (x, cache_kv or None, stats stacked [num_layers, ...], hidden dict).
+    hidden: {"all": [num_layers, B, L, H]} when collect_hidden (each layer's output before injection),
+    {"tap_<i>": [B, L, H]} for each tap.
+    """
+    n = cfg.num_layers
+    n_inject = 0 if inject is None else inject.shape[0]
+    kv = None if cache is None else (cache.k, cache.v)
+    stats_parts, hidden_parts, taps = [], [], {}
+    for start, end in _segments(opts, n, n_inject):
+        routing = opts.routing[start]
+        seg_params = jax.tree.map(lambda a: a[start:end], layers)
+        seg_inject = inject[start:end] if (inject is not None and start < n_inject) else None
+
+        def body(carry, xs, routing=routing):
+            h, kv_c = carry
+            p, idx, inj = xs
+            h, kv_c, st = _layer(p, h, cos, sin, mask, kv_c, idx, slot, cfg, routing, opts.backend, token_mask,
+                                 opts.mesh)
+            out = h if opts.collect_hidden else None
+            if inj is not None:
+                h = h + inj.astype(h.dtype)
+            return (h, kv_c), (st, out)
+
+        xs = (seg_params, jnp.arange(start, end), seg_inject)
+        (x, kv), (st, outs) = jax.lax.scan(body, (x, kv), xs)
+        stats_parts.append(st)
+        if opts.collect_hidden:
+            hidden_parts.append(outs)
+        if end - 1 in opts.taps:
+            taps[f"tap_{end - 1}"] = x if seg_inject is None else outs[-1]
+    stats = jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *stats_parts)
+    hidden = dict(taps)
+    if opts.collect_hidden:
+        hidden["all"] = jnp.concatenate(hidden_parts, axis=0)
+    return x, kv, stats, hidden
+
+
+def text_cos_sin(position_ids: jax.Array, cfg: TextConfig, dtype):
+    """position_ids [3, B, L] -> cos, sin [B, L, head_dim] in the activation dtype (reference §6.1)."""
+    return mrope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, cfg.mrope_interleaved, dtype)
+
+
+def stack_mask(attention_mask: jax.Array, cache: KVCache | None, slot, q_len: int):
+    """Boolean attention mask for a forward of q_len tokens written at cache slot ``slot``.
+
+    attention_mask [B, q_len] (1 = real token). Without a cache: causal over the q_len tokens with key
+    padding. With a cache: the cache's valid slots plus the new tokens, causal by slot index.
+    Returns (mask [B, q_len, K], new_valid [B, S] or None).
+    """
+    b = attention_mask.shape[0]
+    am = attention_mask.astype(bool)
+    q_pos = jnp.broadcast_to(slot + jnp.arange(q_len)[None], (b, q_len))
+    if cache is None:
+        return causal_mask(q_pos, q_pos, am), None
+    valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, am, slot, axis=1)
+    k_pos = jnp.broadcast_to(jnp.arange(cache.size)[None], (b, cache.size))
+    return causal_mask(q_pos, k_pos, valid), valid
+
