@@ -369,7 +369,8 @@ class OmniConfig:
         if model_type not in ("qwen3_omni_moe", "", None):
             raise ConfigError(f"model_type {model_type!r} is not a Qwen3-Omni model")
         b = cls()
-        has_talker = bool(d.get("talker_config")) and bool(d.get("code2wav_config"))
+        has_talker = (bool(d.get("talker_config")) and bool(d.get("code2wav_config"))
+                      and bool(d.get("enable_audio_output", True)))
         scalars = {
             f.name: _pick(d, f.name, default=getattr(b, f.name))
             for f in dataclasses.fields(cls)

@@ -1,0 +1,157 @@
+"""``python -m omni_jax.generate``: multimodal prompt in, text (and speech) out.
+
+    python -m omni_jax.generate --checkpoint DIR --prompt "Hello" [--system TEXT] [--max-new-tokens N]
+        [--greedy | --temperature T --top-p P --top-k K --seed S] [--dtype float32|bfloat16] [--json]
+
+DIR is a Hugging Face Qwen3-Omni checkpoint directory or one written by convert/hf_to_orbax.py. The prompt
+is the user turn rendered with the checkpoint's chat template (with the generation prompt). Text streams
+to stdout as it is produced; with ``--json`` the last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m omni_jax.generate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", type=Path, help="HF or converted checkpoint directory")
+    p.add_argument("--prompt", default=None, help="user text")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    p.add_argument("--router-stats", type=Path, default=None,
+                   help="write per-layer expert counts for prompt and generated tokens to this JSON file")
+    return p
+
+
+def thinker_sampling(args, checkpoint: Path):
+    """--greedy, else the flags, else the checkpoint's generation_config.json, else greedy (HF's default)."""
+    from omni_jax.generation.sampling import SamplingConfig
+
+    if args.greedy:
+        return SamplingConfig.greedy()
+    gen = {}
+    gpath = checkpoint / "generation_config.json"
+    if gpath.is_file():
+        try:
+            gen = json.loads(gpath.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{gpath}: not valid JSON") from None
+    explicit = any(v is not None for v in (args.temperature, args.top_p, args.top_k))
+    do_sample = explicit or bool(gen.get("do_sample", "temperature" in gen or "top_p" in gen))
+    if not do_sample:
+        return SamplingConfig.greedy(gen.get("repetition_penalty", 1.0))
+    return SamplingConfig(
+        do_sample=True,
+        temperature=args.temperature if args.temperature is not None else gen.get("temperature", 1.0),
+        top_p=args.top_p if args.top_p is not None else gen.get("top_p"),
+        top_k=args.top_k if args.top_k is not None else gen.get("top_k"),
+        repetition_penalty=gen.get("repetition_penalty", 1.0),
+    )
+
+
+def router_stats_json(records, prompt_len: int, n_layers: int) -> dict:
+    """Per-layer expert counts, prompt (prefill) and generated tokens separately."""
+    import numpy as np
+
+    prompt = np.asarray(records[0].stats.counts)
+    gen = sum((np.asarray(r.stats.counts) for r in records[1:]), np.zeros_like(prompt))
+    return {"num_layers": n_layers, "prompt_tokens": prompt_len, "generated_tokens": len(records) - 1,
+            "prompt_counts": prompt.tolist(), "generated_counts": gen.tolist()}
+
+
+def run(args) -> dict:
+    import numpy as np
+
+    from omni_jax.config import OmniConfig
+    from omni_jax.generation.thinker_engine import ThinkerEngine
+    from omni_jax.models.common import pure_params
+    from omni_jax.processing.chat import build_messages
+    from omni_jax.processing.prompt import TextProcessor, prepare_text_batch
+    from omni_jax.weights import load_checkpoint
+
+    ckpt = args.checkpoint
+    if ckpt is None:
+        raise ValueError("--checkpoint is required")
+    if not ckpt.is_dir():
+        raise ValueError(f"{ckpt}: checkpoint directory not found")
+    if args.max_new_tokens < 1:
+        raise ValueError("--max-new-tokens must be >= 1")
+    cfg = OmniConfig.from_file(ckpt)
+    processor = TextProcessor.from_dir(ckpt, cfg)
+    sampling = thinker_sampling(args, ckpt)
+    messages = build_messages(args.prompt, system=args.system)
+    prompt = prepare_text_batch(processor, [messages])
+    t0 = time.perf_counter()
+    cfg, model = load_checkpoint(ckpt, dtype=args.dtype, progress=sys.stderr.isatty())
+    load_s = time.perf_counter() - t0
+    engine = ThinkerEngine(cfg, pure_params(model.thinker.text))
+    engine.cache_size(prompt.length, args.max_new_tokens)  # fail early if it cannot fit
+    decoder = processor.tokenizer.stream_decoder(skip_special_tokens=True)
+    eos = processor.eos_ids()
+    ids: list[int] = []
+    records = []
+    t_start = time.perf_counter()
+    t_first = None
+    for rec in engine.stream(prompt, args.max_new_tokens, sampling, eos, seed=args.seed):
+        tok = int(rec.tokens[0])
+        records.append(rec)
+        if t_first is None:
+            t_first = time.perf_counter() - t_start
+        ids.append(tok)
+        if tok in eos:
+            break
+        delta = decoder.push(tok)
+        if delta and not args.json:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    tail = decoder.finish()
+    if tail and not args.json:
+        sys.stdout.write(tail)
+    if not args.json:
+        sys.stdout.write("\n")
+    elapsed = time.perf_counter() - t_start
+    text = processor.tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True)
+    result = {
+        "text": text,
+        "token_ids": ids,
+        "prompt_tokens": int(np.asarray(prompt.attention_mask).sum()),
+        "load_s": round(load_s, 3),
+        "time_to_first_token_s": round(t_first or 0.0, 4),
+        "tokens_per_s": round(len(ids) / elapsed, 3) if elapsed > 0 else None,
+    }
+    if args.router_stats is not None:
+        stats = router_stats_json(records, result["prompt_tokens"], cfg.thinker.text.num_layers)
+        args.router_stats.write_text(json.dumps(stats))
+    return result
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        result = run(args)
+    except (ValueError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"omni_jax.generate: error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("omni_jax.generate: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
