@@ -151,3 +151,56 @@ def is_hf_checkpoint(directory: str | Path) -> bool:
 
 def file_size(path: Path) -> int:
     return os.stat(path).st_size
+
+
+DTYPE_NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+
+
+def write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...], np.dtype]], produce) -> None:
+    """Write a safetensors file whose tensors are produced one at a time by ``produce(name) -> array``.
+
+    ``tensors`` lists (name, shape, dtype) in file order; memory holds one tensor at a time.
+    """
+    header, offset = {}, 0
+    for name, shape, dtype in tensors:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": DTYPE_NAMES[np.dtype(dtype)], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, shape, dtype in tensors:
+            arr = np.ascontiguousarray(produce(name), dtype=dtype)
+            if tuple(arr.shape) != tuple(shape):
+                raise ValueError(f"{path}: tensor {name!r} produced with shape {arr.shape}, declared {shape}")
+            f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+
+
+def write_sharded(directory: Path, tensors: list[tuple[str, tuple[int, ...], np.dtype]], produce,
+                  max_shard_bytes: int = 2 << 30) -> list[str]:
+    """Write ``model-0000i-of-0000n.safetensors`` shards plus ``model.safetensors.index.json``."""
+    shards, current, size = [], [], 0
+    for t in tensors:
+        nbytes = int(np.prod(t[1], dtype=np.int64)) * np.dtype(t[2]).itemsize
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(t)
+        size += nbytes
+    if current:
+        shards.append(current)
+    names, weight_map, total = [], {}, 0
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(directory / fname, shard, produce)
+        names.append(fname)
+        for name, shape, dtype in shard:
+            weight_map[name] = fname
+            total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (directory / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    return names

@@ -1,0 +1,110 @@
+"""The converter: complete, bit-identical, atomic, and clear about bad checkpoints."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omni_jax.config import OmniConfig
+from omni_jax.weights import CheckpointError, load_flat_params
+from omni_jax.weights.safetensors_io import SafetensorsCheckpoint, write_safetensors
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "convert"))
+import hf_to_orbax  # noqa: E402
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "convert" / "hf_to_orbax.py"), *map(str, args),
+                           "--no-progress"], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_converted_dir_is_complete_and_bit_identical(tiny_ckpt, tmp_path, dtype):
+    out = tmp_path / "out"
+    r = cli(tiny_ckpt, out, "--dtype", dtype)
+    assert r.returncode == 0, r.stderr
+    for name in ("config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "chat_template.json",
+                 "preprocessor_config.json", "omni_jax_checkpoint.json"):
+        assert (out / name).is_file(), name
+    cfg = OmniConfig.from_file(out)
+    assert cfg == OmniConfig.from_file(tiny_ckpt)
+    a = load_flat_params(tiny_ckpt, cfg, dtype)
+    b = load_flat_params(out, cfg, dtype)
+    assert a.keys() == b.keys() and len(a) > 100
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        assert np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8)), k
+
+
+def test_interrupted_run_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch):
+    from omni_jax.weights import orbax_io
+
+    real = orbax_io.fill_unit
+    calls = {"n": 0}
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(orbax_io, "fill_unit", failing)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        hf_to_orbax.convert(tiny_ckpt, out, "bfloat16", progress=False)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def rewrite(src: Path, dst: Path, drop: str | None = None, reshape: str | None = None):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    ck = SafetensorsCheckpoint(src)
+    tensors = []
+    for name, info in ck.tensors.items():
+        if name == drop:
+            continue
+        shape = info.shape
+        if name == reshape:
+            shape = (shape[0] + 1,) + tuple(shape[1:])
+        tensors.append((name, shape, info.dtype))
+
+    def produce(name):
+        t = ck.read(name)
+        if name == reshape:
+            t = np.concatenate([t, t[:1]], axis=0)
+        return t
+
+    write_safetensors(dst / "model.safetensors", tensors, produce)
+
+
+def one_line_error(r, *needles):
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_checkpoints_fail_in_one_line(tiny_ckpt, tmp_path):
+    victim = "thinker.model.layers.1.mlp.experts.3.up_proj.weight"
+    rewrite(tiny_ckpt, tmp_path / "missing", drop=victim)
+    one_line_error(cli(tmp_path / "missing", tmp_path / "o1"), "missing tensor", victim)
+    rewrite(tiny_ckpt, tmp_path / "shape", reshape=victim)
+    one_line_error(cli(tmp_path / "shape", tmp_path / "o2"), victim, "shape")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_ckpt, corrupt)
+    f = corrupt / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    one_line_error(cli(corrupt, tmp_path / "o3"), "model.safetensors", "truncated")
+    f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    one_line_error(cli(corrupt, tmp_path / "o4"), "model.safetensors", "corrupt")
+    for o in ("o1", "o2", "o3", "o4"):
+        assert not (tmp_path / o).exists()
+    assert cli(tiny_ckpt, tmp_path / "missing").returncode == 1  # existing output dir is refused
+    with pytest.raises(CheckpointError, match="missing tensor"):
+        load_flat_params(tmp_path / "missing", OmniConfig.from_file(tiny_ckpt))
