@@ -268,7 +268,7 @@ class TalkerConfig:
     audio_start_token_id: int = 151669
     position_id_per_seconds: int = 13
     spatial_merge_size: int = 2
-    speaker_id: tuple[tuple[str, int], ...] = (("chelsie", 2301), ("ethan", 2302), ("aiden", 2303))
+    speaker_id: tuple[tuple[str, int], ...] = (("aiden", 2303), ("chelsie", 2301), ("ethan", 2302))
 
     @property
     def speakers(self) -> dict[str, int]:

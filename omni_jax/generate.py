@@ -20,6 +20,8 @@ from pathlib import Path
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m omni_jax.generate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, help="HF or converted checkpoint directory")
+    p.add_argument("--demo", action="store_true",
+                   help="use a small RANDOM-weight checkpoint built locally on first use (no download)")
     p.add_argument("--prompt", default=None, help="user text")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -82,8 +84,15 @@ def run(args) -> dict:
     from omni_jax.weights import load_checkpoint
 
     ckpt = args.checkpoint
+    if args.demo and ckpt is None:
+        from omni_jax.demo import RANDOM_WEIGHTS_NOTICE, ensure_demo_checkpoint
+
+        ckpt = ensure_demo_checkpoint(log=lambda m: print(m, file=sys.stderr))
+        print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+        if args.prompt is None:
+            args.prompt = "Describe what you can do."
     if ckpt is None:
-        raise ValueError("--checkpoint is required")
+        raise ValueError("--checkpoint is required (or --demo)")
     if not ckpt.is_dir():
         raise ValueError(f"{ckpt}: checkpoint directory not found")
     if args.max_new_tokens < 1:
@@ -131,6 +140,8 @@ def run(args) -> dict:
         "time_to_first_token_s": round(t_first or 0.0, 4),
         "tokens_per_s": round(len(ids) / elapsed, 3) if elapsed > 0 else None,
     }
+    if args.demo:
+        result["demo_random_weights"] = True
     if args.router_stats is not None:
         stats = router_stats_json(records, result["prompt_tokens"], cfg.thinker.text.num_layers)
         args.router_stats.write_text(json.dumps(stats))
