@@ -91,7 +91,7 @@ def fill_params(table: NameTable, read: Callable[[str], np.ndarray], available: 
         want = table.hf_shape(name)
         if tuple(tensor.shape) != want:
             raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {want}")
-        params[path][param_slice(shape, slot)] = slot.rule.to_param(tensor).astype(dtype)
+        params[path][param_slice(shape, slot)] = slot.rule.to_param(tensor)
         if progress is not None:
             progress(1)
     return params

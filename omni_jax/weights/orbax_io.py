@@ -27,51 +27,116 @@ DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.f
 
 @dataclass(frozen=True)
 class Unit:
+    """A parameter, or one layer of a layer-stacked one, optionally only rows [b0, b1) of its first axis
+    (a block of experts of one layer, or a block of rows of a large embedding)."""
+
     param: str
-    layer: int | None  # None: the whole parameter
+    layer: int | None = None
+    experts: tuple[int, int] | None = None  # the block on the first axis after the layer axis
 
     @property
     def key(self) -> str:
-        return self.param if self.layer is None else f"{self.param}@{self.layer}"
+        layer = "" if self.layer is None else str(self.layer)
+        block = "" if self.experts is None else f"{self.experts[0]}:{self.experts[1]}"
+        return f"{self.param}|{layer}|{block}"
+
+    @classmethod
+    def parse(cls, key: str) -> "Unit":
+        param, layer, block = key.split("|")
+        return cls(param, int(layer) if layer else None,
+                   tuple(int(e) for e in block.split(":")) if block else None)
+
+    def index(self) -> tuple:
+        """Where the unit sits in the full parameter array."""
+        idx: tuple = ()
+        if self.layer is not None:
+            idx = (self.layer,)
+        if self.experts is not None:
+            idx = idx + (slice(*self.experts),)
+        return idx
 
 
-def storage_units(table: NameTable) -> dict[Unit, list[str]]:
-    """Each storage unit with the HF tensor names that fill it (in a stable order)."""
-    stacked = {}
+def storage_units(table: NameTable, max_unit_bytes: int = 256 << 20, itemsize: int = 2) -> dict[Unit, list[str]]:
+    """Each storage unit with the HF tensor names that fill it (in a stable order).
+
+    Layer-stacked parameters are stored per layer; expert-stacked ones per block of experts small enough
+    that a unit stays under ``max_unit_bytes`` (at ``itemsize`` bytes per value).
+    """
+    kind = {}
     for slot in table.slots.values():
-        stacked.setdefault(slot.rule.param, slot.rule.index[:1] == ("layer",))
+        kind.setdefault(slot.rule.param, slot.rule.index[:2])
     units: dict[Unit, list[str]] = {}
-    for path in table.param_shapes:
-        if stacked.get(path):
-            for layer in range(table.param_shapes[path][0]):
+    where: dict[tuple, Unit] = {}
+    for path, shape in table.param_shapes.items():
+        k = kind.get(path, ())
+        if k[:1] != ("layer",):
+            units[Unit(path)] = []
+            continue
+        for layer in range(shape[0]):
+            if k == ("layer", "expert"):
+                per_expert = int(np.prod(shape[2:], dtype=np.int64)) * itemsize
+                block = max(1, min(shape[1], max_unit_bytes // max(per_expert, 1)))
+                for e0 in range(0, shape[1], block):
+                    u = Unit(path, layer, (e0, min(e0 + block, shape[1])))
+                    units[u] = []
+                    for e in range(*u.experts):
+                        where[(path, layer, e)] = u
+            else:
                 units[Unit(path, layer)] = []
-        else:
-            units[Unit(path, None)] = []
     for name, slot in table.slots.items():
-        layer = slot.index[0] if stacked[slot.rule.param] else None
-        units[Unit(slot.rule.param, layer)].append(name)
+        path = slot.rule.param
+        k = kind[path]
+        if k[:1] != ("layer",):
+            units[Unit(path)].append(name)
+        elif k == ("layer", "expert"):
+            units[where[(path, slot.index[0], slot.index[1])]].append(name)
+        else:
+            units[Unit(path, slot.index[0])].append(name)
     return units
 
 
 def unit_shape(table: NameTable, unit: Unit) -> tuple[int, ...]:
     shape = table.param_shapes[unit.param]
-    return shape if unit.layer is None else shape[1:]
+    if unit.layer is None:
+        return shape
+    if unit.experts is None:
+        return shape[1:]
+    return (unit.experts[1] - unit.experts[0],) + tuple(shape[2:])
 
 
 def fill_unit(table: NameTable, unit: Unit, names: list[str], read: Callable[[str], np.ndarray], dtype) -> np.ndarray:
-    out = np.zeros(unit_shape(table, unit), dtype)
     full_shape = table.param_shapes[unit.param]
+    if len(names) == 1 and unit.layer is None and table.slots[names[0]].rule.part is None:
+        # one tensor is the whole parameter (embeddings, heads): convert it without a second buffer
+        tensor = read(names[0])
+        want = table.hf_shape(names[0])
+        if tuple(tensor.shape) != want:
+            raise CheckpointError(f"tensor {names[0]!r} has shape {tuple(tensor.shape)}, expected {want}")
+        return np.ascontiguousarray(table.slots[names[0]].rule.to_param(tensor), dtype=dtype)
+    out = np.zeros(unit_shape(table, unit), dtype)
     for name in names:
         slot = table.slots[name]
         idx = param_slice(full_shape, slot)
         if unit.layer is not None:
             idx = idx[1:]
+        if unit.experts is not None:
+            idx = (idx[0] - unit.experts[0],) + idx[1:]
         tensor = read(name)
         want = table.hf_shape(name)
         if tuple(tensor.shape) != want:
             raise CheckpointError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {want}")
-        out[idx] = slot.rule.to_param(tensor).astype(dtype)
+        out[idx] = slot.rule.to_param(tensor)
     return out
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise), so peak memory stays bounded."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _checkpointer():
@@ -82,10 +147,14 @@ def _checkpointer():
 
 def write_groups(out_dir: Path, table: NameTable, read: Callable[[str], np.ndarray], dtype_name: str,
                  group_bytes: int = 256 << 20, progress: Callable[[int], None] | None = None) -> dict:
-    """Stream every unit through ``read`` into Orbax groups under out_dir/params; returns the manifest."""
+    """Stream every unit through ``read`` into Orbax groups under out_dir/params; returns the manifest.
+
+    A group collects units until it holds ``group_bytes``; a unit that would overflow it starts a new one.
+    Orbax copies what it saves once, so peak memory is about twice the largest group.
+    """
     dtype = DTYPES[dtype_name]
     ckptr = _checkpointer()
-    units = storage_units(table)
+    units = storage_units(table, max_unit_bytes=group_bytes, itemsize=np.dtype(dtype).itemsize)
     groups, current, current_keys, current_bytes = [], {}, [], 0
 
     def flush():
@@ -96,12 +165,27 @@ def write_groups(out_dir: Path, table: NameTable, read: Callable[[str], np.ndarr
         ckptr.save((out_dir / rel).absolute(), {f"u{i}": a for i, a in enumerate(current.values())})
         groups.append({"dir": rel, "units": current_keys})
         current, current_keys, current_bytes = {}, [], 0
+        release_freed_memory()
 
     for unit, names in units.items():
+        if current_bytes and current_bytes + int(np.prod(unit_shape(table, unit))) * np.dtype(dtype).itemsize > group_bytes:
+            flush()
         arr = fill_unit(table, unit, names, read, dtype)
-        current[unit.key] = arr
-        current_keys.append(unit.key)
-        current_bytes += arr.nbytes
+        if arr.nbytes > group_bytes and unit.experts is None and arr.ndim >= 1 and arr.shape[0] > 1:
+            # a large single parameter (embedding, lm_head): saved in row blocks, one group each, because
+            # Orbax holds a copy of what it saves
+            rows = max(1, group_bytes // max(arr.nbytes // arr.shape[0], 1))
+            for r0 in range(0, arr.shape[0], rows):
+                sub = Unit(unit.param, unit.layer, (r0, min(r0 + rows, arr.shape[0])))
+                current[sub.key] = arr[r0: r0 + rows]
+                current_keys.append(sub.key)
+                current_bytes += current[sub.key].nbytes
+                flush()
+            del arr
+        else:
+            current[unit.key] = arr
+            current_keys.append(unit.key)
+            current_bytes += arr.nbytes
         if progress is not None:
             progress(len(names))
         if current_bytes >= group_bytes:
@@ -159,13 +243,11 @@ def read_params(directory: Path, param_shapes: dict[str, tuple[int, ...]], dtype
     out: dict[str, np.ndarray] = {}
     seen = set()
     for key, arr in iter_units(directory, manifest):
-        path, _, layer = key.partition("@")
+        unit = Unit.parse(key)
+        path = unit.param
         if path not in out:
             out[path] = np.zeros(param_shapes[path], dtype)
-        if layer:
-            out[path][int(layer)] = arr.astype(dtype)
-        else:
-            out[path][...] = arr.astype(dtype)
+        out[path][unit.index() or ...] = arr.astype(dtype)
         seen.add(key)
         if progress is not None:
             progress(1)

@@ -21,8 +21,8 @@ def identity(a: np.ndarray) -> np.ndarray:
 
 
 def transpose(a: np.ndarray) -> np.ndarray:
-    """HF Linear [out, in] <-> ours [in, out]."""
-    return np.ascontiguousarray(np.swapaxes(a, -1, -2))
+    """HF Linear [out, in] <-> ours [in, out] (a view: callers copy when they assign)."""
+    return np.swapaxes(a, -1, -2)
 
 
 @dataclass(frozen=True)
