@@ -1,0 +1,416 @@
+"""Code2Wav: 16 codebooks of 12.5 Hz codec frames -> 24 kHz waveform (reference notes §9, quirk 8).
+
+codes [B, 16, T] int
+  -> mean over quantizers of one shared table (per-quantizer offset q * codebook_size)     [B, T, H]
+  -> 8 pre-norm transformer layers (causal sliding window, LayerScale, 1-D RoPE, no q/k norm), final RMSNorm
+  -> 2 x (CausalTransConv k=s=2, ConvNeXt block)                                            [B, 4T, H]
+  -> CausalConv(H -> D, k=7) -> 4 x DecoderBlock(SnakeBeta, CausalTransConv(k=2r, s=r), 3 ResidualUnits)
+  -> SnakeBeta -> CausalConv(-> 1, k=7) -> clamp(-1, 1)                                     [B, 1920 T - 555]
+
+Activations are channels-last ``[B, T, C]`` throughout (see omni_jax/ops/conv.py for the kernel layout).
+The maths are pure functions of ``pure_params(module)``; the transformer layers are stacked and scanned.
+
+Streaming: ``chunked_decode`` reproduces HF's ``Code2Wav.chunked_decode`` (fixed chunks with left context) and
+``Code2WavStreamer`` yields the same pieces as frames arrive, jitting one static window shape. Both rely on the
+decoder being *prefix-consistent*: decoding ``T + p`` frames and keeping the first ``wav_length(T)`` samples gives
+exactly the decode of ``T`` frames (every stage is causal except the transposed convs, whose one-frame look-ahead
+is cut off by their trims), so a short last chunk is padded on the right to the static shape and cut back.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from omni_jax.config import Code2WavConfig
+from omni_jax.models.common import full, normal, ones, pure_params, zeros
+from omni_jax.ops.activations import gelu, snake_beta
+from omni_jax.ops.conv import (
+    causal_conv1d,
+    causal_trans_conv1d,
+    conv_weight_from_hf,
+    conv_weight_to_hf,
+    depthwise_causal_conv1d,
+    trans_conv_weight_from_hf,
+    trans_conv_weight_to_hf,
+)
+from omni_jax.ops.linear import linear, swiglu_mlp
+from omni_jax.ops.norms import layer_norm, rms_norm
+from omni_jax.ops.rope import apply_rope, rope_cos_sin
+from omni_jax.weights.rules import Rule, copy_rule, linear_rule
+
+RESIDUAL_DILATIONS = (1, 3, 9)
+CONVNEXT_KERNEL = 7
+DECODER_KERNEL = 7
+CONVNEXT_LN_EPS = 1e-6
+
+
+class Code2WavInputError(ValueError):
+    """Codes that Code2Wav cannot decode (wrong rank, wrong number of quantizers, out-of-range ids)."""
+
+
+# --------------------------------------------------------------------------------------------- parameters
+
+class Conv(nnx.Module):
+    """A 1-D conv kernel [k, C_in/groups, C_out] and its bias."""
+
+    def __init__(self, rngs: nnx.Rngs, k: int, c_in: int, c_out: int, dtype=jnp.float32):
+        self.w = normal(rngs, k, c_in, c_out, dtype=dtype, std=1.0 / math.sqrt(k * c_in))
+        self.b = zeros(c_out, dtype=dtype)
+
+
+class Snake(nnx.Module):
+    """SnakeBeta's per-channel log(alpha), log(beta) (HF ``alpha``/``beta``; zeros -> alpha = beta = 1)."""
+
+    def __init__(self, channels: int, dtype=jnp.float32):
+        self.log_alpha = zeros(channels, dtype=dtype)
+        self.log_beta = zeros(channels, dtype=dtype)
+
+
+class ConvNeXt(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs, dim: int, dtype=jnp.float32):
+        self.dwconv = Conv(rngs, CONVNEXT_KERNEL, 1, dim, dtype)
+        self.norm_w = ones(dim, dtype=dtype)
+        self.norm_b = zeros(dim, dtype=dtype)
+        self.fc1_w = normal(rngs, dim, 4 * dim, dtype=dtype)
+        self.fc1_b = zeros(4 * dim, dtype=dtype)
+        self.fc2_w = normal(rngs, 4 * dim, dim, dtype=dtype)
+        self.fc2_b = zeros(dim, dtype=dtype)
+        self.gamma = full(1e-6, dim, dtype=dtype)
+
+
+class UpsampleStage(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs, dim: int, factor: int, dtype=jnp.float32):
+        self.trans_conv = Conv(rngs, factor, dim, dim, dtype)
+        self.convnext = ConvNeXt(rngs, dim, dtype)
+
+
+class ResidualUnit(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs, dim: int, dtype=jnp.float32):
+        self.snake1 = Snake(dim, dtype)
+        self.conv1 = Conv(rngs, DECODER_KERNEL, dim, dim, dtype)
+        self.snake2 = Snake(dim, dtype)
+        self.conv2 = Conv(rngs, 1, dim, dim, dtype)
+
+
+class DecoderBlock(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs, c_in: int, c_out: int, rate: int, dtype=jnp.float32):
+        self.snake = Snake(c_in, dtype)
+        self.trans_conv = Conv(rngs, 2 * rate, c_in, c_out, dtype)
+        for r in range(len(RESIDUAL_DILATIONS)):
+            setattr(self, f"res{r}", ResidualUnit(rngs, c_out, dtype))
+
+
+class TransformerLayers(nnx.Module):
+    """The pre_transformer's layers, stacked on a leading [num_layers] axis."""
+
+    def __init__(self, cfg: Code2WavConfig, rngs: nnx.Rngs, dtype=jnp.float32):
+        n, h, i = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+        q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.attn_norm = ones(n, h, dtype=dtype)
+        self.q = normal(rngs, n, h, q_dim, dtype=dtype)
+        self.k = normal(rngs, n, h, kv_dim, dtype=dtype)
+        self.v = normal(rngs, n, h, kv_dim, dtype=dtype)
+        self.o = normal(rngs, n, q_dim, h, dtype=dtype)
+        self.attn_scale = full(cfg.layer_scale_initial_scale, n, h, dtype=dtype)
+        self.mlp_norm = ones(n, h, dtype=dtype)
+        self.gate_up = normal(rngs, n, h, 2 * i, dtype=dtype)
+        self.down = normal(rngs, n, i, h, dtype=dtype)
+        self.mlp_scale = full(cfg.layer_scale_initial_scale, n, h, dtype=dtype)
+
+
+class Code2Wav(nnx.Module):
+    """Parameters of HF ``Qwen3OmniMoeCode2Wav``; ``__call__`` decodes codes [B, Q, T] to a waveform [B, samples]."""
+
+    def __init__(self, cfg: Code2WavConfig, rngs: nnx.Rngs | None = None, dtype=jnp.float32):
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.cfg = cfg
+        h, d = cfg.hidden_size, cfg.decoder_dim
+        self.code_embedding = normal(rngs, cfg.num_quantizers * cfg.codebook_size, h, dtype=dtype)
+        self.layers = TransformerLayers(cfg, rngs, dtype)
+        self.norm = ones(h, dtype=dtype)
+        for u, factor in enumerate(cfg.upsampling_ratios):
+            setattr(self, f"upsample{u}", UpsampleStage(rngs, h, factor, dtype))
+        self.conv_in = Conv(rngs, DECODER_KERNEL, h, d, dtype)
+        for b, rate in enumerate(cfg.upsample_rates):
+            setattr(self, f"block{b}", DecoderBlock(rngs, d >> b, d >> (b + 1), rate, dtype))
+        out_dim = d >> len(cfg.upsample_rates)
+        self.snake_out = Snake(out_dim, dtype)
+        self.conv_out = Conv(rngs, DECODER_KERNEL, out_dim, 1, dtype)
+
+    @classmethod
+    def abstract(cls, cfg: Code2WavConfig, dtype=jnp.float32) -> "Code2Wav":
+        """Shapes only (no random init, nothing compiled): the starting point for loading a checkpoint."""
+        return nnx.eval_shape(lambda: cls(cfg, nnx.Rngs(0), dtype))
+
+    def __call__(self, codes) -> jax.Array:
+        check_codes(codes, self.cfg)
+        return decode_jit(pure_params(self), jnp.asarray(codes, jnp.int32), self.cfg)
+
+    def chunked_decode(self, codes, chunk_size: int = 300, left_context: int = 25) -> np.ndarray:
+        return chunked_decode(pure_params(self), codes, self.cfg, chunk_size, left_context)
+
+    def stream(self, frames: Iterable, chunk_size: int = 300, left_context: int = 25) -> Iterator[np.ndarray]:
+        return stream_decode(pure_params(self), frames, self.cfg, chunk_size, left_context)
+
+
+# --------------------------------------------------------------------------------------------- pure maths
+
+def wav_length(num_frames: int, cfg: Code2WavConfig) -> int:
+    """Samples out for ``num_frames`` codec frames (1920 T - 555 for the real config)."""
+    n = num_frames
+    for r in cfg.upsampling_ratios:  # k = s: no trim
+        n = n * r
+    for r in cfg.upsample_rates:  # k = 2r, trim r on both ends: (n - 1) * r + 2r - 2r
+        n = (n - 1) * r
+    return n
+
+
+def total_upsample(cfg: Code2WavConfig) -> int:
+    return int(np.prod(cfg.upsampling_ratios + cfg.upsample_rates))
+
+
+def check_codes(codes, cfg: Code2WavConfig) -> None:
+    shape = np.shape(codes)
+    if len(shape) != 3 or shape[1] != cfg.num_quantizers or shape[2] < 1:
+        raise Code2WavInputError(
+            f"codes must have shape [batch, {cfg.num_quantizers}, frames >= 1], got {tuple(shape)}")
+    if isinstance(codes, np.ndarray) and codes.size and (codes.min() < 0 or codes.max() >= cfg.codebook_size):
+        raise Code2WavInputError(
+            f"codes must lie in [0, {cfg.codebook_size}), got range [{codes.min()}, {codes.max()}]")
+
+
+def embed_codes(table: jax.Array, codes: jax.Array, cfg: Code2WavConfig) -> jax.Array:
+    """codes [B, Q, T] -> mean over Q of table[codes + q * codebook_size] -> [B, T, H] (mean taken in fp32)."""
+    offsets = (jnp.arange(cfg.num_quantizers, dtype=jnp.int32) * cfg.codebook_size)[None, :, None]
+    e = jnp.take(table, codes + offsets, axis=0)  # [B, Q, T, H]
+    return jnp.mean(e.astype(jnp.float32), axis=1).astype(table.dtype)
+
+
+def sliding_window_mask(length: int, window: int | None) -> jax.Array:
+    """[T, T] bool: query i sees key j iff i - window < j <= i (``window=None``: plain causal)."""
+    i = jnp.arange(length)[:, None]
+    j = jnp.arange(length)[None, :]
+    allowed = j <= i
+    if window is not None:
+        allowed &= j > i - window
+    return allowed
+
+
+def attention(x: jax.Array, p: dict, cos: jax.Array, sin: jax.Array, mask: jax.Array, cfg: Code2WavConfig):
+    """Multi-head self-attention without q/k norm (HF eager: scores in activation dtype, softmax in fp32)."""
+    b, t, _ = x.shape
+    hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = apply_rope(linear(x, p["q"]).reshape(b, t, hq, d), cos, sin)
+    k = apply_rope(linear(x, p["k"]).reshape(b, t, hkv, d), cos, sin)
+    v = linear(x, p["v"]).reshape(b, t, hkv, d)
+    q = q.reshape(b, t, hkv, hq // hkv, d)
+    scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k) * jnp.asarray(d ** -0.5, x.dtype)
+    scores = jnp.where(mask, scores.astype(jnp.float32), -jnp.inf)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v).reshape(b, t, hq * d)
+    return linear(out, p["o"])
+
+
+def pre_transformer(params: dict, x: jax.Array, cfg: Code2WavConfig) -> jax.Array:
+    """8 LayerScale'd pre-norm layers (scanned) and the final RMSNorm. x [B, T, H]."""
+    t = x.shape[1]
+    cos, sin = rope_cos_sin(jnp.arange(t)[None], cfg.head_dim, cfg.rope_theta, x.dtype)
+    mask = sliding_window_mask(t, cfg.sliding_window)
+    eps = cfg.rms_norm_eps
+
+    def layer(h, p):
+        a = attention(rms_norm(h, p["attn_norm"], eps), p, cos, sin, mask, cfg)
+        h = h + p["attn_scale"] * a
+        m = swiglu_mlp(rms_norm(h, p["mlp_norm"], eps), p["gate_up"], p["down"])
+        return h + p["mlp_scale"] * m, None
+
+    x, _ = jax.lax.scan(layer, x, params["layers"])
+    return rms_norm(x, params["norm"], eps)
+
+
+def convnext(p: dict, x: jax.Array) -> jax.Array:
+    y = depthwise_causal_conv1d(x, p["dwconv"]["w"], p["dwconv"]["b"])
+    y = layer_norm(y, p["norm_w"], p["norm_b"], CONVNEXT_LN_EPS)
+    y = linear(gelu(linear(y, p["fc1_w"], p["fc1_b"])), p["fc2_w"], p["fc2_b"])
+    return x + p["gamma"] * y
+
+
+def _snake(p: dict, x: jax.Array) -> jax.Array:
+    return snake_beta(x, p["log_alpha"], p["log_beta"])
+
+
+def residual_unit(p: dict, x: jax.Array, dilation: int) -> jax.Array:
+    y = causal_conv1d(_snake(p["snake1"], x), p["conv1"]["w"], p["conv1"]["b"], dilation=dilation)
+    y = causal_conv1d(_snake(p["snake2"], y), p["conv2"]["w"], p["conv2"]["b"])
+    return x + y
+
+
+def decoder_block(p: dict, x: jax.Array, rate: int) -> jax.Array:
+    x = causal_trans_conv1d(_snake(p["snake"], x), p["trans_conv"]["w"], p["trans_conv"]["b"], rate)
+    for r, dilation in enumerate(RESIDUAL_DILATIONS):
+        x = residual_unit(p[f"res{r}"], x, dilation)
+    return x
+
+
+def decode(params: dict, codes: jax.Array, cfg: Code2WavConfig) -> jax.Array:
+    """codes [B, Q, T] int -> waveform [B, wav_length(T)] in the parameters' dtype, clamped to [-1, 1]."""
+    x = embed_codes(params["code_embedding"], codes, cfg)
+    x = pre_transformer(params, x, cfg)
+    for u, factor in enumerate(cfg.upsampling_ratios):
+        p = params[f"upsample{u}"]
+        x = causal_trans_conv1d(x, p["trans_conv"]["w"], p["trans_conv"]["b"], factor)
+        x = convnext(p["convnext"], x)
+    x = causal_conv1d(x, params["conv_in"]["w"], params["conv_in"]["b"])
+    for b, rate in enumerate(cfg.upsample_rates):
+        x = decoder_block(params[f"block{b}"], x, rate)
+    x = causal_conv1d(_snake(params["snake_out"], x), params["conv_out"]["w"], params["conv_out"]["b"])
+    return jnp.clip(x[..., 0], -1.0, 1.0)
+
+
+decode_jit = jax.jit(decode, static_argnames=("cfg",))
+
+
+# --------------------------------------------------------------------------------------------- streaming
+
+def _decode_window(params: dict, window: jax.Array, cfg: Code2WavConfig) -> jax.Array:
+    """Decode a window of static shape [B, Q, left_context + chunk_size]: one compilation serves every chunk."""
+    return decode(params, window, cfg)
+
+
+_decode_window_jit = jax.jit(_decode_window, static_argnames=("cfg",))
+
+
+class Code2WavStreamer:
+    """Incremental ``chunked_decode``: ``push`` code frames as the talker makes them, get audio pieces back.
+
+    Every ``chunk_size`` new frames are decoded together with up to ``left_context`` earlier frames (HF's rule:
+    ``context = min(left_context, start)``) and the context's samples are dropped, so the pieces are exactly the
+    ones HF's ``chunked_decode`` concatenates. Every decode runs one jitted function on a window of static shape
+    [B, Q, left_context + chunk_size] (short windows are right-padded; the decoder is prefix-consistent, see the
+    module docstring) returning a static [B, wav_length(left_context + chunk_size)] array; the piece (after the
+    context's samples, as long as the chunk's frames give) is cut from it on the host.
+    """
+
+    def __init__(self, params: dict, cfg: Code2WavConfig, chunk_size: int = 300, left_context: int = 25):
+        if chunk_size < 1 or left_context < 0:
+            raise ValueError(f"chunk_size must be >= 1 and left_context >= 0, got {chunk_size}, {left_context}")
+        self.params, self.cfg = params, cfg
+        self.chunk_size, self.left_context = chunk_size, left_context
+        self._frames: np.ndarray | None = None  # all frames seen so far that may still serve as context
+        self._offset = 0  # absolute index of self._frames[..., 0]
+        self._start = 0  # absolute index of the first frame not yet decoded
+
+    def _decode(self, end: int) -> np.ndarray:
+        start = self._start
+        context = min(self.left_context, start)
+        window = self._frames[..., start - context - self._offset: end - self._offset]
+        size = self.left_context + self.chunk_size
+        pad = size - window.shape[-1]
+        window = np.pad(window, ((0, 0), (0, 0), (0, pad)))
+        wav = np.asarray(_decode_window_jit(self.params, jnp.asarray(window, jnp.int32), cfg=self.cfg))
+        self._start = end
+        keep_from = max(end - self.left_context, 0)
+        self._frames = self._frames[..., keep_from - self._offset:]
+        self._offset = keep_from
+        first = context * total_upsample(self.cfg)  # HF drops the context frames' samples
+        return wav[:, first: first + wav_length(end - start, self.cfg)]
+
+    def push(self, frames) -> list[np.ndarray]:
+        """frames [B, Q, n] (or [B, Q] for one frame); returns the audio pieces completed by them."""
+        frames = np.asarray(frames)
+        if frames.ndim == 2:
+            frames = frames[..., None]
+        check_codes(frames, self.cfg)
+        self._frames = frames if self._frames is None else np.concatenate([self._frames, frames], axis=-1)
+        out = []
+        while self._offset + self._frames.shape[-1] - self._start >= self.chunk_size:
+            out.append(self._decode(self._start + self.chunk_size))
+        return out
+
+    def flush(self) -> list[np.ndarray]:
+        """Decode the frames left over (fewer than ``chunk_size``); call once at the end."""
+        if self._frames is None:
+            return []
+        end = self._offset + self._frames.shape[-1]
+        return [self._decode(end)] if end > self._start else []
+
+
+def stream_decode(params: dict, frames: Iterable, cfg: Code2WavConfig, chunk_size: int = 300,
+                  left_context: int = 25) -> Iterator[np.ndarray]:
+    """Generator: consume code frames ([B, Q] or [B, Q, n] each), yield waveform pieces [B, samples]."""
+    streamer = Code2WavStreamer(params, cfg, chunk_size, left_context)
+    for f in frames:
+        yield from streamer.push(f)
+    yield from streamer.flush()
+
+
+def chunked_decode(params: dict, codes, cfg: Code2WavConfig, chunk_size: int = 300,
+                   left_context: int = 25) -> np.ndarray:
+    """HF ``Code2Wav.chunked_decode``: [B, Q, T] -> [B, sum over chunks of wav_length(chunk)]."""
+    codes = np.asarray(codes)
+    check_codes(codes, cfg)
+    return np.concatenate(list(stream_decode(params, [codes], cfg, chunk_size, left_context)), axis=-1)
+
+
+# --------------------------------------------------------------------------------------------- HF names
+
+def _conv_rule(hf: str, param: str, transposed: bool = False) -> list[Rule]:
+    to_p, to_h = (trans_conv_weight_from_hf, trans_conv_weight_to_hf) if transposed else (
+        conv_weight_from_hf, conv_weight_to_hf)
+    return [Rule(f"{hf}.conv.weight", f"{param}.w", to_param=to_p, to_hf=to_h),
+            copy_rule(f"{hf}.conv.bias", f"{param}.b")]
+
+
+def _snake_rules(hf: str, param: str) -> list[Rule]:
+    return [copy_rule(f"{hf}.alpha", f"{param}.log_alpha"), copy_rule(f"{hf}.beta", f"{param}.log_beta")]
+
+
+def hf_rules(cfg: Code2WavConfig) -> list[Rule]:
+    """HF names relative to ``code2wav.`` <-> parameter paths relative to ``Code2Wav``."""
+    n = (cfg.num_layers,)
+    lay = "pre_transformer.layers.{layer}."
+    rules = [
+        copy_rule("code_embedding.weight", "code_embedding"),
+        copy_rule("pre_transformer.norm.weight", "norm"),
+        copy_rule(lay + "input_layernorm.weight", "layers.attn_norm", ("layer",), n),
+        copy_rule(lay + "post_attention_layernorm.weight", "layers.mlp_norm", ("layer",), n),
+        copy_rule(lay + "self_attn_layer_scale.scale", "layers.attn_scale", ("layer",), n),
+        copy_rule(lay + "mlp_layer_scale.scale", "layers.mlp_scale", ("layer",), n),
+        linear_rule(lay + "mlp.gate_proj.weight", "layers.gate_up", ("layer",), n, part=(0, 2)),
+        linear_rule(lay + "mlp.up_proj.weight", "layers.gate_up", ("layer",), n, part=(1, 2)),
+        linear_rule(lay + "mlp.down_proj.weight", "layers.down", ("layer",), n),
+    ]
+    for proj in "qkvo":
+        rules.append(linear_rule(lay + f"self_attn.{proj}_proj.weight", f"layers.{proj}", ("layer",), n))
+    for u in range(len(cfg.upsampling_ratios)):
+        hf, ours = f"upsample.{u}", f"upsample{u}"
+        rules += _conv_rule(f"{hf}.0", f"{ours}.trans_conv", transposed=True)
+        rules += _conv_rule(f"{hf}.1.dwconv", f"{ours}.convnext.dwconv")
+        rules += [
+            copy_rule(f"{hf}.1.norm.weight", f"{ours}.convnext.norm_w"),
+            copy_rule(f"{hf}.1.norm.bias", f"{ours}.convnext.norm_b"),
+            linear_rule(f"{hf}.1.pwconv1.weight", f"{ours}.convnext.fc1_w"),
+            copy_rule(f"{hf}.1.pwconv1.bias", f"{ours}.convnext.fc1_b"),
+            linear_rule(f"{hf}.1.pwconv2.weight", f"{ours}.convnext.fc2_w"),
+            copy_rule(f"{hf}.1.pwconv2.bias", f"{ours}.convnext.fc2_b"),
+            copy_rule(f"{hf}.1.gamma", f"{ours}.convnext.gamma"),
+        ]
+    rules += _conv_rule("decoder.0", "conv_in")
+    for b in range(len(cfg.upsample_rates)):
+        hf, ours = f"decoder.{b + 1}.block", f"block{b}"
+        rules += _snake_rules(f"{hf}.0", f"{ours}.snake")
+        rules += _conv_rule(f"{hf}.1", f"{ours}.trans_conv", transposed=True)
+        for r in range(len(RESIDUAL_DILATIONS)):
+            unit, mine = f"{hf}.{r + 2}", f"{ours}.res{r}"
+            rules += _snake_rules(f"{unit}.act1", f"{mine}.snake1") + _snake_rules(f"{unit}.act2", f"{mine}.snake2")
+            rules += _conv_rule(f"{unit}.conv1", f"{mine}.conv1") + _conv_rule(f"{unit}.conv2", f"{mine}.conv2")
+    last = len(cfg.upsample_rates) + 1
+    rules += _snake_rules(f"decoder.{last}", "snake_out")
+    rules += _conv_rule(f"decoder.{last + 1}", "conv_out")
+    return rules

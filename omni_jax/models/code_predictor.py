@@ -1,0 +1,198 @@
+"""Code predictor (the talker's multi-token predictor): the 15 residual codes of one frame (reference §8, §7.2).
+
+Per frame, as HF's talker drives ``code_predictor.generate`` (``prepare_inputs_for_generation``):
+  prefill [past_hidden, talker.codec_embedding(c0)] at positions 0, 1 -> lm_head[0] -> c1
+  step g = 1..14: input codec_embedding[g-1](c_g) at position g+1 -> lm_head[g] -> c_{g+1}
+with a fresh KV cache each frame. The talker's next input needs
+  sum_{g=1..15} codec_embedding[g-1](c_g)          (plus its own codec_embedding(c0) and a text embedding)
+which ``predict_codes`` returns as ``embed_sum``.
+
+The whole frame is ONE jitted function: a 2-token prefill, then ``lax.scan`` over the 14 remaining steps with a
+preallocated [layers, B, 16, kv_heads, head_dim] cache; layers are stacked and scanned too.
+Greedy (argmax, as ``do_sample=False``) or sampled with HF's warpers in HF's order (temperature, top-k, top-p;
+the reference's defaults top_k 50, top_p 0.8, temperature 1.0) from an explicit PRNG key.
+"""
+
+from __future__ import annotations
+
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from omni_jax.config import CodePredictorConfig
+from omni_jax.models.common import normal, ones, pure_params
+from omni_jax.ops.linear import linear, swiglu_mlp
+from omni_jax.ops.norms import rms_norm
+from omni_jax.ops.rope import apply_rope, rope_cos_sin
+from omni_jax.weights.rules import Rule, copy_rule, linear_rule
+
+TOP_K, TOP_P, TEMPERATURE = 50, 0.8, 1.0
+
+
+class CodePredictorLayers(nnx.Module):
+    """Dense Qwen3 decoder layers stacked on a leading [num_layers] axis."""
+
+    def __init__(self, cfg: CodePredictorConfig, rngs: nnx.Rngs, dtype=jnp.float32):
+        n, h, i, d = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+        self.attn_norm = ones(n, h, dtype=dtype)
+        self.q = normal(rngs, n, h, cfg.num_heads * d, dtype=dtype)
+        self.k = normal(rngs, n, h, cfg.num_kv_heads * d, dtype=dtype)
+        self.v = normal(rngs, n, h, cfg.num_kv_heads * d, dtype=dtype)
+        self.o = normal(rngs, n, cfg.num_heads * d, h, dtype=dtype)
+        self.q_norm = ones(n, d, dtype=dtype)
+        self.k_norm = ones(n, d, dtype=dtype)
+        self.mlp_norm = ones(n, h, dtype=dtype)
+        self.gate_up = normal(rngs, n, h, 2 * i, dtype=dtype)
+        self.down = normal(rngs, n, i, h, dtype=dtype)
+
+
+class CodePredictor(nnx.Module):
+    """Parameters of HF ``talker.code_predictor``; ``__call__`` predicts one frame's 15 residual codes."""
+
+    def __init__(self, cfg: CodePredictorConfig, rngs: nnx.Rngs | None = None, dtype=jnp.float32):
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.cfg = cfg
+        g = cfg.num_code_groups - 1
+        self.layers = CodePredictorLayers(cfg, rngs, dtype)
+        self.norm = ones(cfg.hidden_size, dtype=dtype)
+        self.codec_embedding = normal(rngs, g, cfg.vocab_size, cfg.hidden_size, dtype=dtype, std=1.0)
+        self.lm_head = normal(rngs, g, cfg.hidden_size, cfg.vocab_size, dtype=dtype)
+
+    @classmethod
+    def abstract(cls, cfg: CodePredictorConfig, dtype=jnp.float32) -> "CodePredictor":
+        """Shapes only (no random init, nothing compiled): the starting point for loading a checkpoint."""
+        return nnx.eval_shape(lambda: cls(cfg, nnx.Rngs(0), dtype))
+
+    def __call__(self, past_hidden, c0_embed, key=None, sample: bool = False, top_k: int = TOP_K,
+                 top_p: float = TOP_P, temperature: float = TEMPERATURE) -> dict:
+        key = jax.random.key(0) if key is None else key
+        return predict_codes_jit(pure_params(self), past_hidden, c0_embed, key, cfg=self.cfg, sample=sample,
+                                 top_k=top_k, top_p=top_p, temperature=temperature)
+
+
+# --------------------------------------------------------------------------------------------- pure maths
+
+def init_cache(cfg: CodePredictorConfig, batch: int, dtype) -> dict:
+    """Empty K/V cache for one frame: [layers, B, num_code_groups, kv_heads, head_dim] (16 positions: 0..15)."""
+    shape = (cfg.num_layers, batch, cfg.num_code_groups, cfg.num_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def _attention(x, p, k_cache, v_cache, start, cos, sin, cfg: CodePredictorConfig):
+    """GQA attention with q/k RMSNorm (before rope) writing this call's keys/values at ``start`` of the cache."""
+    b, s, _ = x.shape
+    hq, hkv, d, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps
+    q = apply_rope(rms_norm(linear(x, p["q"]).reshape(b, s, hq, d), p["q_norm"], eps), cos, sin)
+    k = apply_rope(rms_norm(linear(x, p["k"]).reshape(b, s, hkv, d), p["k_norm"], eps), cos, sin)
+    v = linear(x, p["v"]).reshape(b, s, hkv, d)
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=1)
+    q = q.reshape(b, s, hkv, hq // hkv, d)
+    scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_cache) * jnp.asarray(d ** -0.5, x.dtype)
+    query_pos = start + jnp.arange(s)
+    visible = jnp.arange(k_cache.shape[1])[None, :] <= query_pos[:, None]  # causal; unwritten slots are ahead
+    probs = jax.nn.softmax(jnp.where(visible, scores.astype(jnp.float32), -jnp.inf), axis=-1).astype(x.dtype)
+    out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v_cache).reshape(b, s, hq * d)
+    return linear(out, p["o"]), k_cache, v_cache
+
+
+def forward(params: dict, x: jax.Array, cache: dict, start, cfg: CodePredictorConfig):
+    """x [B, S, H] at positions start..start+S-1 -> (final-normed hidden [B, S, H], updated cache)."""
+    s = x.shape[1]
+    cos, sin = rope_cos_sin((start + jnp.arange(s))[None], cfg.head_dim, cfg.rope_theta, x.dtype)
+    eps = cfg.rms_norm_eps
+
+    def layer(h, xs):
+        p, k_cache, v_cache = xs
+        a, k_cache, v_cache = _attention(rms_norm(h, p["attn_norm"], eps), p, k_cache, v_cache, start, cos, sin, cfg)
+        h = h + a
+        h = h + swiglu_mlp(rms_norm(h, p["mlp_norm"], eps), p["gate_up"], p["down"])
+        return h, (k_cache, v_cache)
+
+    x, (k, v) = jax.lax.scan(layer, x, (params["layers"], cache["k"], cache["v"]))
+    return rms_norm(x, params["norm"], eps), {"k": k, "v": v}
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float, temperature: float) -> jax.Array:
+    """HF's TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper (filtered entries -> -inf), fp32."""
+    x = logits.astype(jnp.float32)
+    if temperature != 1.0:
+        x = x / temperature
+    if top_k:
+        kth = jax.lax.top_k(x, min(top_k, x.shape[-1]))[0][..., -1:]
+        x = jnp.where(x < kth, -jnp.inf, x)
+    if top_p < 1.0:
+        order = jnp.argsort(x, axis=-1)  # ascending, as HF
+        sorted_x = jnp.take_along_axis(x, order, axis=-1)
+        cum = jnp.cumsum(jax.nn.softmax(sorted_x, axis=-1), axis=-1)
+        remove_sorted = (cum <= 1.0 - top_p).at[..., -1].set(False)  # always keep the most likely token
+        remove = jnp.take_along_axis(remove_sorted, jnp.argsort(order, axis=-1), axis=-1)
+        x = jnp.where(remove, -jnp.inf, x)
+    return x
+
+
+def choose(logits: jax.Array, key, sample: bool, top_k: int, top_p: float, temperature: float) -> jax.Array:
+    if not sample:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, filter_logits(logits, top_k, top_p, temperature), axis=-1).astype(jnp.int32)
+
+
+def predict_codes(params: dict, past_hidden: jax.Array, c0_embed: jax.Array, key, cfg: CodePredictorConfig,
+                  sample: bool = False, top_k: int = TOP_K, top_p: float = TOP_P,
+                  temperature: float = TEMPERATURE) -> dict:
+    """One frame: past_hidden, c0_embed [B, H] -> codes [B, G-1] int32, embed_sum [B, H], logits [B, G-1, V] fp32.
+
+    ``past_hidden`` is the talker's final-normed hidden state at its last position; ``c0_embed`` is the talker's
+    ``codec_embedding`` of the layer-0 code. ``embed_sum`` = sum of the G-1 residual codes' embeddings.
+    """
+    dtype = params["norm"].dtype
+    b = past_hidden.shape[0]
+    n_steps = cfg.num_code_groups - 1
+    keys = jax.random.split(key, n_steps)
+    x = jnp.stack([past_hidden, c0_embed], axis=1).astype(dtype)
+    h, cache = forward(params, x, init_cache(cfg, b, dtype), 0, cfg)
+    logits = linear(h[:, -1], params["lm_head"][0]).astype(jnp.float32)
+    code = choose(logits, keys[0], sample, top_k, top_p, temperature)
+
+    def step(carry, g):  # feeds c_g (embedded with table g-1) at position g+1, predicts c_{g+1} with lm_head[g]
+        cache, code, embed_sum = carry
+        e = params["codec_embedding"][g - 1][code]  # [B, H]
+        h, cache = forward(params, e[:, None], cache, g + 1, cfg)
+        logits = linear(h[:, 0], params["lm_head"][g]).astype(jnp.float32)
+        new_code = choose(logits, keys[g], sample, top_k, top_p, temperature)
+        return (cache, new_code, embed_sum + e.astype(jnp.float32)), (new_code, logits)
+
+    embed_sum = jnp.zeros((b, cfg.hidden_size), jnp.float32)
+    (_, last, embed_sum), (codes, step_logits) = jax.lax.scan(step, (cache, code, embed_sum),
+                                                              jnp.arange(1, n_steps))
+    embed_sum = embed_sum + params["codec_embedding"][n_steps - 1][last].astype(jnp.float32)
+    codes = jnp.concatenate([code[:, None], codes.T], axis=1)
+    logits = jnp.concatenate([logits[:, None], jnp.swapaxes(step_logits, 0, 1)], axis=1)
+    return {"codes": codes, "embed_sum": embed_sum.astype(dtype), "logits": logits}
+
+
+predict_codes_jit = jax.jit(predict_codes, static_argnames=("cfg", "sample", "top_k", "top_p", "temperature"))
+
+
+# --------------------------------------------------------------------------------------------- HF names
+
+def hf_rules(cfg: CodePredictorConfig) -> list[Rule]:
+    """HF names relative to ``talker.code_predictor.`` <-> parameter paths relative to ``CodePredictor``."""
+    n, g = (cfg.num_layers,), (cfg.num_code_groups - 1,)
+    lay = "model.layers.{layer}."
+    rules = [
+        copy_rule("model.norm.weight", "norm"),
+        copy_rule("model.codec_embedding.{j}.weight", "codec_embedding", ("j",), g),
+        linear_rule("lm_head.{j}.weight", "lm_head", ("j",), g),
+        copy_rule(lay + "input_layernorm.weight", "layers.attn_norm", ("layer",), n),
+        copy_rule(lay + "post_attention_layernorm.weight", "layers.mlp_norm", ("layer",), n),
+        copy_rule(lay + "self_attn.q_norm.weight", "layers.q_norm", ("layer",), n),
+        copy_rule(lay + "self_attn.k_norm.weight", "layers.k_norm", ("layer",), n),
+        linear_rule(lay + "mlp.gate_proj.weight", "layers.gate_up", ("layer",), n, part=(0, 2)),
+        linear_rule(lay + "mlp.up_proj.weight", "layers.gate_up", ("layer",), n, part=(1, 2)),
+        linear_rule(lay + "mlp.down_proj.weight", "layers.down", ("layer",), n),
+    ]
+    for proj in "qkvo":
+        rules.append(linear_rule(lay + f"self_attn.{proj}_proj.weight", f"layers.{proj}", ("layer",), n))
+    return rules

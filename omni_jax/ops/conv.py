@@ -1,0 +1,88 @@
+"""1-D convolutions as Code2Wav uses them (reference notes §9), channels-last.
+
+Layout: activations are ``[B, T, C]`` (channels last, like every other op here, so the transformer output feeds
+the convs without a transpose and the pointwise parts are plain ``linear`` calls). Kernels are stored
+``[k, C_in / groups, C_out]`` ("WIO"); the HF weight converters at the bottom turn PyTorch layouts into it.
+
+- ``causal_conv1d``: HF ``CausalConvNet`` with stride 1: left-pad ``(k-1)*dilation`` zeros, no right pad.
+- ``depthwise_causal_conv1d``: the same with ``groups = C`` (ConvNeXt's ``dwconv``).
+- ``causal_trans_conv1d``: HF ``CausalTransConvNet``: a full ``ConvTranspose1d`` then trim ``k - s`` samples
+  from **both** ends (quirk 8: for ``k = 2s`` each output sample looks one input frame ahead). Output length
+  ``(L - 1) * s + k - 2 (k - s) = (L + 1) s - k``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_DIMS = ("NWC", "WIO", "NWC")
+
+
+def causal_conv1d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, dilation: int = 1,
+                  groups: int = 1) -> jax.Array:
+    """x [B, T, C_in], w [k, C_in/groups, C_out] -> [B, T, C_out]; output t sees inputs t-(k-1)d .. t."""
+    k = w.shape[0]
+    y = jax.lax.conv_general_dilated(
+        x, w.astype(x.dtype), window_strides=(1,), padding=[((k - 1) * dilation, 0)],
+        rhs_dilation=(dilation,), dimension_numbers=_DIMS, feature_group_count=groups,
+    )
+    return y if b is None else y + b.astype(y.dtype)
+
+
+def depthwise_causal_conv1d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, dilation: int = 1) -> jax.Array:
+    """Depthwise causal conv: x [B, T, C], w [k, 1, C]."""
+    return causal_conv1d(x, w, b, dilation=dilation, groups=x.shape[-1])
+
+
+def trans_conv1d_full(x: jax.Array, w: jax.Array, b: jax.Array | None, stride: int) -> jax.Array:
+    """torch ConvTranspose1d (padding 0): x [B, L, C_in], w [k, C_in, C_out] -> [B, (L-1)*stride + k, C_out].
+
+    out[t*s + j] += x[t] @ w[j]: a stride-1 conv over the input dilated by ``stride`` (zeros between frames),
+    padded by k-1 on both sides, with the kernel flipped.
+    """
+    k = w.shape[0]
+    y = jax.lax.conv_general_dilated(
+        x, w[::-1].astype(x.dtype), window_strides=(1,), padding=[(k - 1, k - 1)], lhs_dilation=(stride,),
+        dimension_numbers=_DIMS,
+    )
+    return y if b is None else y + b.astype(y.dtype)
+
+
+def causal_trans_conv1d(x: jax.Array, w: jax.Array, b: jax.Array | None, stride: int) -> jax.Array:
+    """HF CausalTransConvNet: full transposed conv, then drop ``k - stride`` samples at both ends.
+
+    (A polyphase form, one matmul per tap group plus shifted adds, skips the zeros of the dilated input but was
+    not faster on this CPU at Code2Wav's shapes, so the single conv is kept.)
+    """
+    k = w.shape[0]
+    trim = k - stride
+    if trim < 0:
+        raise ValueError(f"transposed conv with kernel {k} < stride {stride} is not supported")
+    y = trans_conv1d_full(x, w, b, stride)
+    return y[:, trim: y.shape[1] - trim]
+
+
+def trans_conv_out_len(length: int, kernel: int, stride: int) -> int:
+    return (length - 1) * stride + kernel - 2 * (kernel - stride)
+
+
+# ---- HF weight layouts <-> ours (numpy; used by the weight rules) ----
+
+def conv_weight_from_hf(a: np.ndarray) -> np.ndarray:
+    """torch Conv1d weight [C_out, C_in/groups, k] -> [k, C_in/groups, C_out]."""
+    return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
+
+
+def conv_weight_to_hf(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
+
+
+def trans_conv_weight_from_hf(a: np.ndarray) -> np.ndarray:
+    """torch ConvTranspose1d weight [C_in, C_out, k] -> [k, C_in, C_out]."""
+    return np.ascontiguousarray(np.transpose(a, (2, 0, 1)))
+
+
+def trans_conv_weight_to_hf(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(a, (1, 2, 0)))
