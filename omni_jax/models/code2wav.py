@@ -259,7 +259,11 @@ def decoder_block(p: dict, x: jax.Array, rate: int) -> jax.Array:
 
 
 def decode(params: dict, codes: jax.Array, cfg: Code2WavConfig) -> jax.Array:
-    """codes [B, Q, T] int -> waveform [B, wav_length(T)] in the parameters' dtype, clamped to [-1, 1]."""
+    """codes [B, Q, T] int -> waveform [B, wav_length(T)] in the parameters' dtype, clamped to [-1, 1].
+
+    One shot: attention scores are [B, heads, T, T] (the window is applied as a mask), fine for the streaming
+    windows (left_context + chunk_size <= 325 frames); very long one-shot decodes should go through chunks.
+    """
     x = embed_codes(params["code_embedding"], codes, cfg)
     x = pre_transformer(params, x, cfg)
     for u, factor in enumerate(cfg.upsampling_ratios):
