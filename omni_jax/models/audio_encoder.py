@@ -203,7 +203,16 @@ def conv_stem(params, chunks, width, cfg: AudioConfig, dtype):
     """chunks (N, mel, 100) zero beyond each chunk's frames; ``width`` (traced) = the batch's longest chunk.
 
     Returns (N, 13, d_model): conv stem, flatten (c * 16 + f), conv_out (positions are added by the caller).
+    Like the reference, more than ``conv_chunksize`` chunks are processed in groups of that many (a
+    ``lax.map``), which bounds the stem's activation memory for long audio.
     """
+    if chunks.shape[0] > cfg.conv_chunksize:
+        one = lambda c: _conv_stem_batch(params, c[None], width, cfg, dtype)[0]  # noqa: E731
+        return jax.lax.map(one, chunks, batch_size=cfg.conv_chunksize)
+    return _conv_stem_batch(params, chunks, width, cfg, dtype)
+
+
+def _conv_stem_batch(params, chunks, width, cfg: AudioConfig, dtype):
     act = ACTIVATIONS[cfg.activation_function]
     x = chunks.astype(dtype)[..., None]  # (N, mel, time, 1)
     for name in ("conv1", "conv2", "conv3"):

@@ -110,8 +110,9 @@ def load_audio(path: str | Path, sampling_rate: int = SAMPLE_RATE) -> np.ndarray
             rate = f.samplerate
             waveform = f.read(dtype="float32", always_2d=True).T  # (channels, n)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        msg = " ".join(str(e).split())
-        raise AudioInputError(f"{path}: cannot decode audio (unsupported format or corrupt file: {msg})") from None
+        detail = " ".join(str(getattr(e, "error_string", e)).split())
+        raise AudioInputError(
+            f"{path}: cannot decode audio: unsupported format or corrupt file (libsndfile: {detail})") from None
     if waveform.shape[1] == 0:
         raise AudioInputError(f"{path}: the file holds no audio samples")
     if not np.all(np.isfinite(waveform)):
