@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +51,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--with-dense", action="store_true", help="also time the dense all-experts oracle (slow)")
     ap.add_argument("--skip-ragged", action="store_true")
+    ap.add_argument("--ragged-tokens", type=int, default=64,
+                    help="prefill size for the ragged_dot-vs-tiles comparison (ragged_dot is ~dense on CPU)")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--tile", type=int, default=None, help="tile rows for the tiles backend (default: auto)")
     args = ap.parse_args(argv)
@@ -80,8 +83,8 @@ def main(argv=None) -> dict:
     rows, results = [], {"dtype": args.dtype, "tokens": args.tokens, "mem_bw_GBps": bw / 1e9,
                          "matmul_GFLOPs": mm / 1e9, "rows": []}
 
-    def add(impl, phase, t, repeat_note=""):
-        T = args.tokens if phase == "prefill" else 1
+    def add(impl, phase, t):
+        T = {"prefill": args.tokens, "decode": 1}.get(phase) or int(phase.removeprefix("prefill"))
         gflops = flops(T) / t["median_s"] / 1e9
         row = dict(impl=impl, phase=phase, median_s=t["median_s"], min_s=t["min_s"], gflops=gflops,
                    matmul_share=flops(T) / t["min_s"] / mm)
@@ -89,19 +92,24 @@ def main(argv=None) -> dict:
             row["GBps"] = decode_bytes / t["min_s"] / 1e9
             row["bw_share"] = decode_bytes / t["min_s"] / bw
         results["rows"].append(row)
+        print(f"  {impl} {phase}: {row['median_s'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
         rows.append([impl, phase, row["median_s"] * 1e3, row["min_s"] * 1e3, gflops,
                      f"{row['matmul_share']:.0%}", f"{row.get('GBps', float('nan')):.1f}",
                      f"{row['bw_share']:.0%}" if "bw_share" in row else "-"])
 
-    backends = ["tiles", "gather"] + ([] if args.skip_ragged else ["ragged"]) + (["dense"] if args.with_dense else [])
+    backends = ["tiles", "gather"] + (["dense"] if args.with_dense else [])
     for backend in backends:
         f = jax.jit(functools.partial(moe_block, routing=rc, backend=backend, tile=args.tile))
         add(f"jax {backend}", "decode", time_fn(lambda: f(x_dec, params)[0], warmup=2, repeat=4 * args.repeat))
         if backend == "gather":
-            continue  # T·K whole experts gathered: ~20 GB at 512 tokens, not a prefill path
-        slow = backend in ("ragged", "dense")
+            continue  # T·K whole experts, one after another: a decode path
         add(f"jax {backend}", "prefill", time_fn(lambda: f(x_pre, params)[0], warmup=1,
-                                                  repeat=1 if slow else args.repeat))
+                                                  repeat=1 if backend == "dense" else args.repeat))
+    if not args.skip_ragged:  # ragged_dot vs tiles at a smaller prefill (CPU ragged_dot ≈ dense over all groups)
+        xs = x_pre[: args.ragged_tokens]
+        for backend in ("ragged", "tiles"):
+            f = jax.jit(functools.partial(moe_block, routing=rc, backend=backend, tile=args.tile))
+            add(f"jax {backend}", f"prefill{args.ragged_tokens}", time_fn(lambda: f(xs, params)[0], warmup=1, repeat=1))
     fa = jax.jit(functools.partial(moe_block, routing=rc))
     add("jax auto", "decode", time_fn(lambda: fa(x_dec, params)[0], warmup=2, repeat=4 * args.repeat))
     add("jax auto", "prefill", time_fn(lambda: fa(x_pre, params)[0], warmup=1, repeat=args.repeat))
@@ -109,7 +117,7 @@ def main(argv=None) -> dict:
     if not args.skip_hf:
         block, cfg = _hf_block(params_np, args.dtype)
         tdt = getattr(torch, args.dtype)
-        xt_pre = torch.from_numpy(np.asarray(x_pre.astype(jnp.float32))).to(tdt)[None]
+        xt_pre = torch.from_numpy(np.array(x_pre.astype(jnp.float32))).to(tdt)[None]
         xt_dec = xt_pre[:, :1]
         for impl in ("eager", "grouped_mm"):
             cfg._experts_implementation = impl
@@ -124,8 +132,9 @@ def main(argv=None) -> dict:
         ours = by.get(("jax auto", phase))
         if hf and ours:
             results[f"{phase}_speedup_vs_hf_eager"] = hf["median_s"] / ours["median_s"]
-    if ("jax ragged", "prefill") in by:
-        results["tiles_vs_ragged_prefill"] = by[("jax ragged", "prefill")]["median_s"] / by[("jax tiles", "prefill")]["median_s"]
+    small = f"prefill{args.ragged_tokens}"
+    if ("jax ragged", small) in by:
+        results["tiles_vs_ragged_prefill"] = by[("jax ragged", small)]["median_s"] / by[("jax tiles", small)]["median_s"]
     print_table(
         f"MoE layer {H}→{E}×{I} top-{K}, {args.dtype}, prefill {args.tokens} tok / decode 1 tok "
         f"(limits this run: mem {bw / 1e9:.1f} GB/s, matmul {mm / 1e9:.0f} GFLOP/s)",
