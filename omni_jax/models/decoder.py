@@ -137,8 +137,10 @@ class KVCache:
         return self.k.shape[2]
 
 
-def _layer(p, x, cos, sin, mask, cache, layer_idx, slot, cfg: TextConfig, routing: RoutingConfig, backend,
+def _layer(p, mlp, x, cos, sin, mask, cache, layer_idx, slot, cfg: TextConfig, routing: RoutingConfig, backend,
            token_mask, mesh=None):
+    """One layer. ``p``: this layer's attention and norm params; ``mlp``: the MoE params of ALL layers
+    (stacked), indexed by ``layer_idx`` inside ``moe_block`` so decode reads only the chosen experts."""
     b, l, _ = x.shape
     hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     a = p["attn"]
@@ -157,8 +159,8 @@ def _layer(p, x, cos, sin, mask, cache, layer_idx, slot, cfg: TextConfig, routin
     o = attention(q, k, v, mask)
     x = x + linear(o.reshape(b, l, hq * d), a["o_proj"])
     h = rms_norm(x, p["post_norm"], cfg.rms_norm_eps)
-    y, stats = moe_block(h, p["mlp"], routing, token_mask=token_mask, backend=backend, layer=layer_idx,
-                         mesh=mesh)
+    y, stats = moe_block(h, mlp, routing, token_mask=token_mask, backend=backend, layer=layer_idx,
+                         mesh=mesh, stacked=True)
     return x + y.astype(x.dtype), cache, stats
 
 
@@ -191,14 +193,14 @@ def decoder_stack(layers: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, ma
     stats_parts, hidden_parts, taps = [], [], {}
     for start, end in _segments(opts, n, n_inject):
         routing = opts.routing[start]
-        seg_params = jax.tree.map(lambda a: a[start:end], layers)
+        seg_params = jax.tree.map(lambda a: a[start:end], {k: v for k, v in layers.items() if k != "mlp"})
         seg_inject = inject[start:end] if (inject is not None and start < n_inject) else None
 
         def body(carry, xs, routing=routing):
             h, kv_c = carry
             p, idx, inj = xs
-            h, kv_c, st = _layer(p, h, cos, sin, mask, kv_c, idx, slot, cfg, routing, opts.backend, token_mask,
-                                 opts.mesh)
+            h, kv_c, st = _layer(p, layers["mlp"], h, cos, sin, mask, kv_c, idx, slot, cfg, routing, opts.backend,
+                                 token_mask, opts.mesh)
             out = h if opts.collect_hidden else None
             if inj is not None:
                 h = h + inj.astype(h.dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from omni_jax.moe.dispatch import get_backend
+from omni_jax.moe.dispatch import choose_backend, get_backend
 from omni_jax.moe.experts import round_to_dtype, swiglu
 from omni_jax.moe.router import RoutingConfig, route
 from omni_jax.moe.stats import MoEStats, compute_stats
@@ -32,6 +32,7 @@ def moe_block(
     tile: int | None = None,
     with_router_outputs: bool = False,
     ep_path: str = "auto",
+    stacked: bool = False,
 ) -> tuple[jax.Array, MoEStats]:
     """x [..., H] → (y [..., H] in x.dtype, MoEStats).
 
@@ -42,10 +43,20 @@ def moe_block(
     layer: this layer's index (may be traced) for per-layer hooks. with_router_outputs: also return the
     router logits and the top-k experts / weights in the stats. ep_path (with a mesh): "auto" | "psum"
     (decode: every expert shard sees all tokens) | "all_to_all" (prefill: fixed worst-case capacity).
+    stacked: the params carry a leading layer axis (router [L, H, E], gate_up [L, E, H, 2I], ...) and
+    ``layer`` picks the layer. The decoder scan uses this so that decode reads only the selected experts
+    straight from the stacked weights: slicing one layer's weights out of the stack first makes XLA:CPU
+    copy all 128 experts of that layer on every step.
     """
+    if stacked:
+        params, gate_up, down = _layer_params(params, layer)
+    else:
+        gate_up, down = params["gate_up"], params["down"]
     if mesh is not None and mesh.shape.get("expert", 1) > 1:
         from omni_jax.moe.parallel import moe_block_parallel
 
+        if stacked:
+            params = dict(params, gate_up=_take_layer(gate_up, layer), down=_take_layer(down, layer))
         return moe_block_parallel(x, params, routing, token_mask=token_mask, backend=backend, mesh=mesh,
                                   layer=layer, tile=tile, with_router_outputs=with_router_outputs,
                                   ep_path=ep_path)
@@ -54,9 +65,29 @@ def moe_block(
     T = xf.shape[0]
     mask = jnp.ones((T,), bool) if token_mask is None else token_mask.reshape(T).astype(bool)
     r = route(xf, params["router"], routing, token_mask=mask, layer=layer)
-    fn = get_backend(backend, T, tile=tile)
-    y = fn(xf, r.weights, r.experts, r.slot_valid, params["gate_up"], params["down"])
+    name = choose_backend(T) if backend == "auto" else backend
+    fn = get_backend(name, T, tile=tile)
+    if stacked and name == "gather":
+        # index [layer * E + expert] in the flattened stack: only the chosen experts are read
+        E = gate_up.shape[1]
+        offset = jnp.asarray(layer, jnp.int32) * E
+        y = fn(xf, r.weights, r.experts + offset, r.slot_valid, gate_up.reshape(-1, *gate_up.shape[2:]),
+               down.reshape(-1, *down.shape[2:]))
+    else:
+        if stacked:
+            gate_up, down = _take_layer(gate_up, layer), _take_layer(down, layer)
+        y = fn(xf, r.weights, r.experts, r.slot_valid, gate_up, down)
     if "shared_gate_up" in params:
         y = round_to_dtype(y + shared_expert(xf, params), x.dtype)
     stats = compute_stats(r, routing, mask, with_router_outputs=with_router_outputs)
     return y.reshape(*lead, H).astype(x.dtype), stats
+
+
+def _take_layer(a: jax.Array, layer) -> jax.Array:
+    return jax.lax.dynamic_index_in_dim(a, jnp.asarray(layer, jnp.int32), 0, keepdims=False)
+
+
+def _layer_params(params: dict, layer) -> tuple[dict, jax.Array, jax.Array]:
+    """The small per-layer params sliced out; the expert stacks returned whole."""
+    small = {k: _take_layer(v, layer) for k, v in params.items() if k not in ("gate_up", "down")}
+    return small, params["gate_up"], params["down"]
