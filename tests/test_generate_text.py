@@ -86,11 +86,20 @@ def test_cli_greedy_json_on_hf_and_converted_dirs(tiny_thinker_only_ckpt, setup,
     start = int(np.argmax(prompt.attention_mask[0] > 0))
     ref = strip_after_eos(hf_greedy(tiny_thinker_only_ckpt, prompt.input_ids[:, start:],
                                     prompt.attention_mask[:, start:], new=6)[0])
+    stats_file = tmp_path / "router.json"
     r = run_cli("--checkpoint", tiny_thinker_only_ckpt, "--prompt", PROMPTS[0], "--system", "Be brief.",
-                "--max-new-tokens", 6, "--greedy", "--json")
+                "--max-new-tokens", 6, "--greedy", "--json", "--router-stats", stats_file)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["token_ids"] == ref
+    # router statistics: per layer, every valid prompt token picked top_k experts; generated tokens likewise
+    stats = json.loads(stats_file.read_text())
+    text_cfg = cfg.thinker.text
+    prompt_counts = np.asarray(stats["prompt_counts"])
+    assert prompt_counts.shape == (text_cfg.num_layers, text_cfg.num_experts)
+    assert (prompt_counts.sum(-1) == result["prompt_tokens"] * text_cfg.top_k).all()
+    gen_counts = np.asarray(stats["generated_counts"])
+    assert (gen_counts.sum(-1) == (len(result["token_ids"]) - 1) * text_cfg.top_k).all()
     assert isinstance(result["text"], str)
     out = tmp_path / "converted"
     c = subprocess.run([sys.executable, "convert/hf_to_orbax.py", str(tiny_thinker_only_ckpt), str(out),
