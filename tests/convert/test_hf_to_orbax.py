@@ -108,3 +108,22 @@ def test_bad_checkpoints_fail_in_one_line(tiny_ckpt, tmp_path):
     assert cli(tiny_ckpt, tmp_path / "missing").returncode == 1  # existing output dir is refused
     with pytest.raises(CheckpointError, match="missing tensor"):
         load_flat_params(tmp_path / "missing", OmniConfig.from_file(tiny_ckpt))
+
+
+def test_sharded_index_loads_like_the_single_file(tiny_ckpt, tmp_path):
+    """A checkpoint split into several shards with model.safetensors.index.json loads identically."""
+    from omni_jax.weights.safetensors_io import write_sharded
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_ckpt, sharded, ignore=shutil.ignore_patterns("*.safetensors"))
+    ck = SafetensorsCheckpoint(tiny_ckpt)
+    tensors = [(n, i.shape, i.dtype) for n, i in sorted(ck.tensors.items())]
+    names = write_sharded(sharded, tensors, ck.read, max_shard_bytes=8 << 20)
+    assert len(names) >= 3 and (sharded / "model.safetensors.index.json").is_file()
+    cfg = OmniConfig.from_file(tiny_ckpt)
+    a = load_flat_params(tiny_ckpt, cfg)
+    b = load_flat_params(sharded, cfg)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    (sharded / names[1]).unlink()  # a shard listed in the index is missing
+    with pytest.raises(CheckpointError, match=names[1]):
+        load_flat_params(sharded, cfg)
