@@ -1,10 +1,12 @@
 """``python -m omni_jax.generate``: multimodal prompt in, text (and speech) out.
 
     python -m omni_jax.generate --checkpoint DIR --prompt "Hello" [--system TEXT] [--max-new-tokens N]
+        [--image PATH]... [--audio PATH]... [--video PATH]... [--use-audio-in-video]
         [--greedy | --temperature T --top-p P --top-k K --seed S] [--dtype float32|bfloat16] [--json]
 
 DIR is a Hugging Face Qwen3-Omni checkpoint directory or one written by convert/hf_to_orbax.py. The prompt
-is the user turn rendered with the checkpoint's chat template (with the generation prompt). Text streams
+is the user turn rendered with the checkpoint's chat template (with the generation prompt); its content is
+the images, then the audios, then the videos, then the prompt text. Text streams
 to stdout as it is produced; with ``--json`` the last stdout line is one JSON object.
 """
 
@@ -24,6 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use a small RANDOM-weight checkpoint built locally on first use (no download)")
     p.add_argument("--prompt", default=None, help="user text")
     p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--image", type=Path, action="append", default=[], help="image file (repeatable)")
+    p.add_argument("--audio", type=Path, action="append", default=[], help="audio file (repeatable)")
+    p.add_argument("--video", type=Path, action="append", default=[], help="video file or folder of frames (repeatable)")
+    p.add_argument("--use-audio-in-video", action="store_true", help="also use the audio track of each --video")
+    p.add_argument("--image-max-pixels", type=int, default=None, help="resize images above this many pixels")
+    p.add_argument("--video-fps", type=float, default=None, help="sample video frames at this rate")
+    p.add_argument("--video-max-frames", type=int, default=None, help="at most this many frames per video")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--greedy", action="store_true", help="greedy decoding")
     p.add_argument("--temperature", type=float, default=None)
@@ -100,11 +109,26 @@ def run(args) -> dict:
     cfg = OmniConfig.from_file(ckpt)
     processor = TextProcessor.from_dir(ckpt, cfg)
     sampling = thinker_sampling(args, ckpt)
-    messages = build_messages(args.prompt, system=args.system)
-    prompt = prepare_text_batch(processor, [messages])
+    if args.use_audio_in_video and not args.video:
+        raise ValueError("--use-audio-in-video needs a --video")
+    messages = build_messages(args.prompt, system=args.system, images=[str(p) for p in args.image],
+                              audios=[str(p) for p in args.audio], videos=[str(p) for p in args.video])
+    has_media = bool(args.image or args.audio or args.video)
+    if has_media:
+        from omni_jax.processing.multimodal import MediaOptions, MultimodalProcessor
+
+        options = MediaOptions(use_audio_in_video=args.use_audio_in_video, image_max_pixels=args.image_max_pixels,
+                               video_fps=args.video_fps, video_max_frames=args.video_max_frames)
+        batch = MultimodalProcessor.from_dir(ckpt, cfg)([messages], options)  # media errors surface before loading
+    else:
+        prompt = prepare_text_batch(processor, [messages])
     t0 = time.perf_counter()
     cfg, model = load_checkpoint(ckpt, dtype=args.dtype, progress=sys.stderr.isatty())
     load_s = time.perf_counter() - t0
+    if has_media:
+        from omni_jax.models.thinker import prepare_prompt
+
+        prompt = prepare_prompt(pure_params(model.thinker), cfg, batch)
     engine = ThinkerEngine(cfg, pure_params(model.thinker.text))
     engine.cache_size(prompt.length, args.max_new_tokens)  # fail early if it cannot fit
     decoder = processor.tokenizer.stream_decoder(skip_special_tokens=True)
