@@ -70,6 +70,32 @@ def build_demo_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+def demo_media(directory: Path) -> tuple[Path, Path]:
+    """A synthetic picture (colour gradient with shapes) and a 2 s two-tone chirp, made once beside the demo."""
+    image, audio = directory / "demo_image.png", directory / "demo_audio.wav"
+    if not image.is_file():
+        from PIL import Image, ImageDraw
+
+        y, x = np.mgrid[0:224, 0:320]
+        rgb = np.stack([x * 255 // 319, y * 255 // 223, (x + y) * 255 // 542], -1).astype(np.uint8)
+        img = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(img)
+        draw.ellipse((40, 40, 140, 140), fill=(240, 200, 20))
+        draw.rectangle((180, 90, 290, 190), fill=(30, 60, 200))
+        img.save(image)
+    if not audio.is_file():
+        import wave
+
+        t = np.arange(2 * 16000) / 16000
+        sig = 0.3 * np.sin(2 * np.pi * (300 + 200 * t) * t) + 0.2 * np.sin(2 * np.pi * 880 * t)
+        with wave.open(str(audio), "wb") as f:
+            f.setnchannels(1)
+            f.setsampwidth(2)
+            f.setframerate(16000)
+            f.writeframes((sig * 32767).astype("<i2").tobytes())
+    return image, audio
+
+
 def ensure_demo_checkpoint(log=None) -> Path:
     """The cached demo checkpoint, built on first use."""
     d = demo_dir()

@@ -3,11 +3,14 @@
     python -m omni_jax.generate --checkpoint DIR --prompt "Hello" [--system TEXT] [--max-new-tokens N]
         [--image PATH]... [--audio PATH]... [--video PATH]... [--use-audio-in-video]
         [--greedy | --temperature T --top-p P --top-k K --seed S] [--dtype float32|bfloat16] [--json]
+        [--speaker NAME] [--wav-out FILE] [--no-speech]
 
 DIR is a Hugging Face Qwen3-Omni checkpoint directory or one written by convert/hf_to_orbax.py. The prompt
 is the user turn rendered with the checkpoint's chat template (with the generation prompt); its content is
 the images, then the audios, then the videos, then the prompt text. Text streams
-to stdout as it is produced; with ``--json`` the last stdout line is one JSON object.
+to stdout as it is produced; with ``--json`` the last stdout line is one JSON object. Speech is on when
+the checkpoint has a talker (``--no-speech`` turns it off): the Talker speaks the generated text with
+``--speaker`` and the 24 kHz waveform is written to ``--wav-out``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    p.add_argument("--speaker", default="Ethan", help="talker voice (case-insensitive; e.g. Ethan, Chelsie, Aiden)")
+    p.add_argument("--wav-out", type=Path, default=None, help="where to write the speech (default output.wav)")
+    p.add_argument("--no-speech", action="store_true", help="text only, even if the checkpoint has a talker")
+    p.add_argument("--max-speech-frames", type=int, default=None,
+                   help="codec frames (80 ms each) at most (default 4095; 40 with --demo)")
     p.add_argument("--router-stats", type=Path, default=None,
                    help="write per-layer expert counts for prompt and generated tokens to this JSON file")
     return p
@@ -99,7 +107,14 @@ def run(args) -> dict:
         ckpt = ensure_demo_checkpoint(log=lambda m: print(m, file=sys.stderr))
         print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
         if args.prompt is None:
-            args.prompt = "Describe what you can do."
+            from omni_jax.demo import demo_media
+
+            image, audio = demo_media(ckpt)
+            args.prompt = "What do you see and hear?"
+            args.image = args.image or [image]
+            args.audio = args.audio or [audio]
+        if args.max_speech_frames is None:
+            args.max_speech_frames = 40
     if ckpt is None:
         raise ValueError("--checkpoint is required (or --demo)")
     if not ckpt.is_dir():
@@ -122,6 +137,20 @@ def run(args) -> dict:
         batch = MultimodalProcessor.from_dir(ckpt, cfg)([messages], options)  # media errors surface before loading
     else:
         prompt = prepare_text_batch(processor, [messages])
+    if not cfg.has_talker and args.wav_out is not None and not args.no_speech:
+        raise ValueError(f"{ckpt}: this checkpoint has no talker, it cannot produce speech (drop --wav-out)")
+    speech = cfg.has_talker and not args.no_speech
+    opts = None
+    if speech:
+        from omni_jax.generation.speech import speaker_id
+        from omni_jax.models.decoder import StackOptions
+
+        speaker_id(cfg, args.speaker)  # an unknown speaker fails before any generation
+        opts = StackOptions.uniform(cfg.thinker.text, taps=(cfg.talker.accept_hidden_layer - 1,))
+    from omni_jax.generation.thinker_engine import cache_size_for
+
+    prompt_len = batch.input_ids.shape[1] if has_media else prompt.length
+    cache_size_for(cfg.thinker.text, prompt_len, args.max_new_tokens)  # a too-long prompt fails before loading
     t0 = time.perf_counter()
     cfg, model = load_checkpoint(ckpt, dtype=args.dtype, progress=sys.stderr.isatty())
     load_s = time.perf_counter() - t0
@@ -130,14 +159,13 @@ def run(args) -> dict:
 
         prompt = prepare_prompt(pure_params(model.thinker), cfg, batch)
     engine = ThinkerEngine(cfg, pure_params(model.thinker.text))
-    engine.cache_size(prompt.length, args.max_new_tokens)  # fail early if it cannot fit
     decoder = processor.tokenizer.stream_decoder(skip_special_tokens=True)
     eos = processor.eos_ids()
     ids: list[int] = []
     records = []
     t_start = time.perf_counter()
     t_first = None
-    for rec in engine.stream(prompt, args.max_new_tokens, sampling, eos, seed=args.seed):
+    for rec in engine.stream(prompt, args.max_new_tokens, sampling, eos, seed=args.seed, opts=opts):
         tok = int(rec.tokens[0])
         records.append(rec)
         if t_first is None:
@@ -164,6 +192,24 @@ def run(args) -> dict:
         "time_to_first_token_s": round(t_first or 0.0, 4),
         "tokens_per_s": round(len(ids) / elapsed, 3) if elapsed > 0 else None,
     }
+    if speech:
+        from omni_jax.generation.speech import speak, write_wav
+        from omni_jax.generation.talker_engine import TalkerSampling
+
+        t_speech = time.perf_counter()
+        res = speak(cfg, pure_params(model), records, prompt, speaker=args.speaker,
+                    talker_sampling=TalkerSampling.greedy() if args.greedy else TalkerSampling(),
+                    seed=args.seed, max_frames=args.max_speech_frames or 4095)
+        wav_out = args.wav_out or Path("demo.wav" if args.demo else "output.wav")
+        write_wav(wav_out, res.wavs[0], res.sample_rate)
+        codes = np.asarray(res.codes[0]).reshape(-1, cfg.talker.num_code_groups)
+        result.update(codec_codes=codes.astype(int).tolist(), sample_rate=res.sample_rate, wav_path=str(wav_out),
+                      speech_s=round(time.perf_counter() - t_speech, 3))
+        if args.json:
+            result["wav"] = [round(float(v), 6) for v in res.wavs[0]]
+        else:
+            print(f"[speech: {len(codes)} frames, {res.wavs[0].size / res.sample_rate:.2f} s at "
+                  f"{res.sample_rate} Hz -> {wav_out}]", file=sys.stderr)
     if args.demo:
         result["demo_random_weights"] = True
     if args.router_stats is not None:

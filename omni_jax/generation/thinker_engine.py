@@ -111,6 +111,16 @@ _embed = jax.jit(thinker_text.embed_tokens)
 _sample = jax.jit(sample, static_argnames=("cfg",))
 
 
+def cache_size_for(text_cfg: TextConfig, prompt_len: int, max_new_tokens: int) -> int:
+    """KV-cache slots for a prompt bucket plus the new tokens; a prompt that cannot fit fails in one line."""
+    need = prompt_len + max_new_tokens
+    limit = text_cfg.max_position_embeddings
+    if need > limit:
+        raise PromptTooLongError(f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens exceeds the "
+                                 f"model's context of {limit} tokens")
+    return min(round_up(need, CACHE_BUCKET), limit)
+
+
 @dataclass
 class StepRecord:
     """What one forward produced, for statistics and for the Talker."""
@@ -132,12 +142,7 @@ class ThinkerEngine:
         self.dtype = jnp.asarray(text_params["embed"]).dtype
 
     def cache_size(self, prompt_len: int, max_new_tokens: int) -> int:
-        need = prompt_len + max_new_tokens
-        limit = self.text_cfg.max_position_embeddings
-        if need > limit:
-            raise PromptTooLongError(f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens exceeds the "
-                                     f"model's context of {limit} tokens")
-        return min(round_up(need, CACHE_BUCKET), round_up(limit, 1))
+        return cache_size_for(self.text_cfg, prompt_len, max_new_tokens)
 
     def stream(self, prompt: PreparedPrompt, max_new_tokens: int, sampling: SamplingConfig, eos_ids: set[int],
                seed: int = 0, opts: StackOptions | None = None) -> Iterator[StepRecord]:

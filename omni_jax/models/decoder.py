@@ -196,12 +196,15 @@ def decoder_stack(layers: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, ma
         seg_params = jax.tree.map(lambda a: a[start:end], {k: v for k, v in layers.items() if k != "mlp"})
         seg_inject = inject[start:end] if (inject is not None and start < n_inject) else None
 
-        def body(carry, xs, routing=routing):
+        # a tap is the layer's output before its deepstack injection (HF's hidden_states hook on the layer)
+        keep_out = opts.collect_hidden or (seg_inject is not None and (end - 1) in opts.taps)
+
+        def body(carry, xs, routing=routing, keep_out=keep_out):
             h, kv_c = carry
             p, idx, inj = xs
             h, kv_c, st = _layer(p, layers["mlp"], h, cos, sin, mask, kv_c, idx, slot, cfg, routing, opts.backend,
                                  token_mask, opts.mesh)
-            out = h if opts.collect_hidden else None
+            out = h if keep_out else None
             if inj is not None:
                 h = h + inj.astype(h.dtype)
             return (h, kv_c), (st, out)

@@ -1,0 +1,116 @@
+"""Speech out: Thinker records -> talker prompt -> codec frames -> 24 kHz waveforms (reference notes §10).
+
+``speak`` is what ``Qwen3OmniMoeForConditionalGeneration.generate(return_audio=True)`` does after the Thinker:
+build the talker prompt, run the talker (+ code predictor) until each row's codec EOS, then Code2Wav with
+``chunked_decode(chunk 300, left context 25)``. Batches of any size work; every row equals that prompt spoken
+alone (each row's codes are decoded on their own, through one compiled window shape).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from omni_jax.config import OmniConfig
+from omni_jax.generation.talker_engine import FrameRecord, TalkerEngine, TalkerSampling
+from omni_jax.generation.talker_prompt import TalkerMedia, build_talker_prompt
+from omni_jax.models.code2wav import chunked_decode
+from omni_jax.models.decoder import StackOptions
+
+SAMPLE_RATE = 24_000
+CHUNK_SIZE, LEFT_CONTEXT = 300, 25
+DEFAULT_MAX_FRAMES = 4095  # HF talker_max_new_tokens 4096 (the last sampled token gets no frame)
+
+
+class UnknownSpeakerError(ValueError):
+    """A speaker name the checkpoint's talker does not know."""
+
+
+class NoTalkerError(ValueError):
+    """The checkpoint has no talker / code2wav (a thinker-only release)."""
+
+
+@dataclass
+class SpeechResult:
+    codes: list[np.ndarray]  # per row [frames, num_code_groups] int32
+    wavs: list[np.ndarray]  # per row float32 [samples] in [-1, 1]
+    sample_rate: int = SAMPLE_RATE
+    stats: list = field(default_factory=list)  # per decode step: the talker's MoE stats
+
+
+def write_wav(path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write a mono float waveform in [-1, 1] as 16-bit PCM (stdlib ``wave``; no extra dependency)."""
+    import wave
+
+    pcm = np.round(np.clip(np.asarray(wav, np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(sample_rate)
+        f.writeframes(pcm.tobytes())
+
+
+def speaker_id(cfg: OmniConfig, speaker: str) -> int:
+    """Codec id of ``speaker`` (case-insensitive, as HF's ``speaker.lower()``)."""
+    speakers = cfg.talker.speakers
+    sid = speakers.get(str(speaker).lower())
+    if sid is None:
+        names = ", ".join(n.capitalize() for n in sorted(speakers))
+        raise UnknownSpeakerError(f"unknown speaker {speaker!r}; this checkpoint has: {names}")
+    return sid
+
+
+def decode_rows(code2wav_params: dict, cfg: OmniConfig, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per-row codes [frames_b, Q] -> waveforms with HF's ``chunked_decode(300, 25)``.
+
+    Rows are decoded one at a time: ``chunked_decode`` runs one compiled window shape [1, Q, 325] whatever the
+    batch, so a row's waveform is exactly the one it gets when spoken alone (rows with 0 frames give 0 samples).
+    """
+    c = cfg.code2wav
+    wavs = []
+    for x in codes:
+        x = np.asarray(x, np.int32)
+        if len(x) == 0:
+            wavs.append(np.zeros(0, np.float32))
+            continue
+        wav = chunked_decode(code2wav_params, x.T[None], c, CHUNK_SIZE, LEFT_CONTEXT)[0]
+        wavs.append(np.asarray(wav, np.float32))
+    return wavs
+
+
+def speak(cfg: OmniConfig, model_params: dict, thinker_records: Sequence, prompt, speaker: str = "Ethan",
+          talker_sampling: TalkerSampling = TalkerSampling(), seed: int | Sequence[int] = 0,
+          max_frames: int = DEFAULT_MAX_FRAMES, thinker_eos_ids: Sequence[int] | None = None,
+          media: TalkerMedia | None = None, talker_opts: StackOptions | None = None) -> SpeechResult:
+    """Speak what the Thinker generated.
+
+    model_params: ``pure_params(model)`` of the OmniModel (uses thinker.text.embed, talker, code2wav).
+    thinker_records: every ``StepRecord`` ``ThinkerEngine.stream`` yielded, run with
+    ``opts=StackOptions.uniform(cfg.thinker.text, taps=(cfg.talker.accept_hidden_layer - 1,))``.
+    prompt: the Thinker's ``PreparedPrompt`` (its ``input_ids``/``attention_mask``; media metadata from
+    ``media`` or else ``prompt.extras`` keys image_grid_thw / video_grid_thw / video_second_per_grid /
+    audio_feature_lengths or feature_attention_mask).
+    seed: row b samples with ``seed + b`` (or ``seed[b]``); max_frames: codec frames per row at most
+    (HF ``talker_max_new_tokens = max_frames + 1``). thinker_eos_ids default: ``<|im_end|>``.
+    """
+    if not cfg.has_talker:
+        raise NoTalkerError("this checkpoint has no talker/code2wav: it cannot produce speech")
+    sid = speaker_id(cfg, speaker)
+    eos = [cfg.im_end_token_id] if thinker_eos_ids is None else list(thinker_eos_ids)
+    if media is None:
+        media = TalkerMedia.from_source(getattr(prompt, "extras", None) or {})
+    tp = build_talker_prompt(cfg, model_params["talker"], model_params["thinker"]["text"]["embed"],
+                             thinker_records, prompt.input_ids, prompt.attention_mask, sid, eos, media)
+    engine = TalkerEngine(cfg.talker, model_params["talker"], talker_opts)
+    frames: list[list[np.ndarray]] = [[] for _ in range(tp.batch)]
+    stats = []
+    rec: FrameRecord
+    for rec in engine.stream(tp, max_frames, talker_sampling, seed):
+        for i in np.nonzero(rec.valid)[0]:
+            frames[i].append(rec.frames[i])
+        stats.append(rec.stats)
+    g = cfg.talker.num_code_groups
+    codes = [np.stack(f).astype(np.int32) if f else np.zeros((0, g), np.int32) for f in frames]
+    return SpeechResult(codes, decode_rows(model_params["code2wav"], cfg, codes), SAMPLE_RATE, stats)
