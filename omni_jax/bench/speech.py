@@ -27,7 +27,7 @@ import numpy as np
 
 from omni_jax.bench.limits import matmul_flops, memory_read_bandwidth
 from omni_jax.bench.timing import emit_json, print_table, time_fn
-from omni_jax.config import Code2WavConfig, CodePredictorConfig
+from omni_jax.config import Code2WavConfig, CodePredictorConfig, TalkerConfig
 
 
 def _redraw_(module, seed: int) -> None:
@@ -141,6 +141,30 @@ def bench_code_predictor(args, rows, results):
     del hf32
 
 
+# ----------------------------------------------------------------------------------------------- talker
+
+def bench_talker(args, rows, results):
+    """One real-width Talker decoder layer (1024 wide, 16/2 heads, 128 experts x 384 top-6 + shared expert):
+    one decode step against a KV cache of ``--talker-kv`` positions; the 20-layer step is 20x that."""
+    from omni_jax.bench.thinker_layer import decode_bytes, hf_layer, jax_layer, layer_config
+
+    cfg = layer_config(talker=True)
+    bandwidth = memory_read_bandwidth()
+    n_layers = TalkerConfig().text.num_layers
+    for dtype_name in args.dtypes.split(","):
+        jdt = jnp.dtype(dtype_name)
+        _, jd, _ = jax_layer(cfg, jdt, 16, args.talker_kv)
+        _, hd = hf_layer(cfg, dtype_name, 16, args.talker_kv, talker=True)
+        tj, th = jd["median_s"], hd["median_s"]
+        t_min = decode_bytes(cfg, args.talker_kv, jdt.itemsize) / bandwidth
+        results.append(dict(part="talker_decode_layer", dtype=dtype_name, kv=args.talker_kv, jax_s=tj, hf_s=th,
+                            hf_over_jax=th / tj, jax_share_of_bandwidth=t_min / tj, hf_share_of_bandwidth=t_min / th,
+                            talker_step_estimate_jax_s=tj * n_layers, talker_step_estimate_hf_s=th * n_layers))
+        rows.append([f"talker decode, 1 layer (x{n_layers} = step)", dtype_name, f"{1e3 * tj:.1f} ms",
+                     f"{1e3 * th:.1f} ms", th / tj, f"{100 * t_min / tj:.0f}% bw", f"{100 * t_min / th:.0f}% bw",
+                     f"step ~{1e3 * tj * n_layers:.0f} ms"])
+
+
 # --------------------------------------------------------------------------------------------- code2wav
 
 def build_code2wav(cfg: Code2WavConfig, seed: int = 0):
@@ -216,7 +240,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--cp-layers", type=int, default=CodePredictorConfig().num_layers)
     ap.add_argument("--c2w-layers", type=int, default=Code2WavConfig().num_layers)
-    ap.add_argument("--parts", default="code_predictor,code2wav")
+    ap.add_argument("--parts", default="talker,code_predictor,code2wav")
+    ap.add_argument("--talker-kv", type=int, default=256, help="talker KV-cache length for the decode step")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the reference's CPU setting)")
     args = ap.parse_args(argv)
 
@@ -225,6 +250,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     rows, results = [], []
     parts = args.parts.split(",")
+    if "talker" in parts:
+        bench_talker(args, rows, results)
     if "code_predictor" in parts:
         bench_code_predictor(args, rows, results)
     if "code2wav" in parts:

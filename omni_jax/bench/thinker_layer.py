@@ -23,15 +23,18 @@ from omni_jax.bench.timing import emit_json, print_table, time_fn
 from omni_jax.config import TextConfig
 
 
-def layer_config() -> TextConfig:
-    return dataclasses.replace(TextConfig(), num_layers=1)
+def layer_config(talker: bool = False) -> TextConfig:
+    from omni_jax.config import TALKER_TEXT_DEFAULTS
+
+    base = TextConfig(**TALKER_TEXT_DEFAULTS) if talker else TextConfig()
+    return dataclasses.replace(base, num_layers=1)
 
 
 def decode_bytes(cfg: TextConfig, kv: int, itemsize: int) -> int:
     h, d = cfg.hidden_size, cfg.head_dim
     attn = h * cfg.num_heads * d * 2 + h * cfg.num_kv_heads * d * 2
-    experts = cfg.top_k * 3 * h * cfg.moe_intermediate_size
-    router = h * cfg.num_experts
+    experts = cfg.top_k * 3 * h * cfg.moe_intermediate_size + 3 * h * cfg.shared_expert_intermediate_size
+    router = h * cfg.num_experts + (h if cfg.shared_expert_intermediate_size else 0)
     cache = 2 * kv * cfg.num_kv_heads * d
     return (attn + experts + router + cache) * itemsize
 
@@ -79,15 +82,18 @@ def jax_layer(cfg: TextConfig, dtype, n_prefill: int, kv: int, seed: int = 0):
     return prefill, decode, layers
 
 
-def hf_layer(cfg: TextConfig, dtype_name: str, n_prefill: int, kv: int, jax_params=None):
+def hf_layer(cfg: TextConfig, dtype_name: str, n_prefill: int, kv: int, talker: bool = False):
+    """HF's Thinker (or, with ``talker``, Talker) decoder layer timed like ``jax_layer``."""
     import torch
     from transformers.cache_utils import DynamicCache
-    from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeTextConfig
+    from transformers.models.qwen3_omni_moe import configuration_qwen3_omni_moe as hfc
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
-        Qwen3OmniMoeThinkerTextDecoderLayer, Qwen3OmniMoeThinkerTextRotaryEmbedding)
+        Qwen3OmniMoeTalkerDecoderLayer, Qwen3OmniMoeThinkerTextDecoderLayer, Qwen3OmniMoeThinkerTextRotaryEmbedding)
 
     torch.set_num_threads(2)
-    hc = Qwen3OmniMoeTextConfig(
+    config_cls = hfc.Qwen3OmniMoeTalkerTextConfig if talker else hfc.Qwen3OmniMoeTextConfig
+    extra = {"shared_expert_intermediate_size": cfg.shared_expert_intermediate_size} if talker else {}
+    hc = config_cls(**extra,
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=1,
         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
         moe_intermediate_size=cfg.moe_intermediate_size, num_experts=cfg.num_experts,
@@ -97,7 +103,7 @@ def hf_layer(cfg: TextConfig, dtype_name: str, n_prefill: int, kv: int, jax_para
     hc._attn_implementation = "sdpa"
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
-    layer = Qwen3OmniMoeThinkerTextDecoderLayer(hc, 0)
+    layer = (Qwen3OmniMoeTalkerDecoderLayer if talker else Qwen3OmniMoeThinkerTextDecoderLayer)(hc, 0)
     with torch.no_grad():
         for p in layer.parameters():
             if p.ndim > 1:
