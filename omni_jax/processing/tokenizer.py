@@ -89,6 +89,12 @@ def special_tokens_map(config: dict) -> dict[str, str]:
         content = _token_content(config[key]) if key in config else default
         if content is not None:
             named[key] = content
+    # model-specific named tokens (image_token, audio_bos_token, ...) that transformers also exposes
+    for key, value in config.items():
+        if key.endswith("_token") and key not in NAMED_SPECIAL_TOKEN_DEFAULTS:
+            content = _token_content(value)
+            if content is not None:
+                named[key] = content
     return named
 
 
