@@ -100,7 +100,8 @@ def speak(cfg: OmniConfig, model_params: dict, thinker_records: Sequence, prompt
     sid = speaker_id(cfg, speaker)
     eos = [cfg.im_end_token_id] if thinker_eos_ids is None else list(thinker_eos_ids)
     if media is None:
-        media = TalkerMedia.from_source(getattr(prompt, "extras", None) or {})
+        extras = getattr(prompt, "extras", None) or {}
+        media = TalkerMedia.from_source(extras.get("media", extras))  # prepare_prompt keeps the batch there
     tp = build_talker_prompt(cfg, model_params["talker"], model_params["thinker"]["text"]["embed"],
                              thinker_records, prompt.input_ids, prompt.attention_mask, sid, eos, media)
     engine = TalkerEngine(cfg.talker, model_params["talker"], talker_opts)
