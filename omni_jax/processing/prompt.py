@@ -1,13 +1,12 @@
 """Messages -> token ids: chat template, placeholder expansion, left-padded batch, position ids.
 
-This is the job of HF's ``Qwen3OmniMoeProcessor`` (reference notes §11) for the text side. Media items are
-turned into features by ``omni_jax.processing.media`` and expand their single placeholder token into the
-number of tokens their encoder produces.
+This is the job of HF's ``Qwen3OmniMoeProcessor`` (reference notes §11) for text-only prompts; prompts with
+images, audio or video go through ``omni_jax.processing.multimodal.MultimodalProcessor``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -37,32 +36,6 @@ class TextProcessor:
 
     def eos_ids(self) -> set[int]:
         return {self.cfg.im_end_token_id}
-
-
-@dataclass
-class MediaPlan:
-    """Per-prompt expansion counts for placeholders, in order of appearance (filled by the media pipeline)."""
-
-    image_tokens: list[int] = field(default_factory=list)
-    audio_tokens: list[int] = field(default_factory=list)
-    video_tokens: list[int] = field(default_factory=list)
-
-
-def expand_placeholders(ids: list[int], cfg: OmniConfig, plan: MediaPlan) -> list[int]:
-    """Replace each single image/audio/video placeholder token by its encoder's token count."""
-    t = cfg.thinker
-    counts = {t.image_token_id: list(plan.image_tokens), t.audio_token_id: list(plan.audio_tokens),
-              t.video_token_id: list(plan.video_tokens)}
-    out: list[int] = []
-    for tok in ids:
-        if tok in counts:
-            if not counts[tok]:
-                raise ValueError(f"the prompt has more {'image' if tok == t.image_token_id else 'audio' if tok == t.audio_token_id else 'video'} "
-                                 "placeholders than media items")
-            out.extend([tok] * counts[tok].pop(0))
-        else:
-            out.append(tok)
-    return out
 
 
 def prepare_text_batch(processor: TextProcessor, conversations: Sequence[list[dict]],
