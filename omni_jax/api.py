@@ -1,0 +1,186 @@
+"""The notebook API: load a checkpoint once, then generate text and speech from HF-style messages.
+
+    import omni_jax
+    model = omni_jax.load("path/to/checkpoint", dtype="bfloat16")      # HF or converted directory
+    out = model.generate([{"role": "user", "content": [
+        {"type": "image", "image": "cat.jpg"},                          # path or HxWx3 array
+        {"type": "audio", "audio": "question.wav"},                     # path or 16 kHz waveform
+        {"type": "text", "text": "Answer the question about the picture."}]}])
+    out.text, out.token_ids, out.codec_codes, out.wav, out.sample_rate
+
+``model.generate`` takes one conversation or a list of them (a left-padded batch; each result equals that
+conversation generated alone). ``model.stream`` yields text deltas as they are produced, then the speech.
+Thinker and Talker sampling are set separately (``thinker_sampling`` / ``talker_sampling``), as the
+reference's ``thinker_*`` / ``talker_*`` arguments; memory knobs: ``image_max_pixels``, ``video_fps``,
+``video_max_frames``, ``speech=False``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from omni_jax.generation.sampling import SamplingConfig
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    codec_codes: np.ndarray | None = None  # [frames, 16]
+    wav: np.ndarray | None = None  # float32 [samples] at sample_rate
+    sample_rate: int | None = None
+    router_counts: np.ndarray | None = None  # [layers, experts]: Thinker expert counts over prompt + generation
+    extras: dict = field(default_factory=dict)
+
+
+def _is_conversation(x) -> bool:
+    return isinstance(x, (list, tuple)) and (not x or isinstance(x[0], dict))
+
+
+class OmniModel:
+    """A loaded checkpoint with its processors (created by ``omni_jax.load``)."""
+
+    def __init__(self, directory: Path, cfg, model, dtype: str):
+        from omni_jax.models.common import pure_params
+        from omni_jax.processing.multimodal import MultimodalProcessor
+
+        self.directory, self.cfg, self.model, self.dtype = directory, cfg, model, dtype
+        self.params = pure_params(model)
+        self.processor = MultimodalProcessor.from_dir(directory, cfg)
+        self.tokenizer = self.processor.tokenizer
+
+    @property
+    def has_talker(self) -> bool:
+        return self.cfg.has_talker
+
+    def _prepare(self, conversations, use_audio_in_video, image_max_pixels, video_fps, video_max_frames):
+        from omni_jax.models.thinker import prepare_prompt
+        from omni_jax.processing.multimodal import MediaOptions
+
+        options = MediaOptions(use_audio_in_video=use_audio_in_video, image_max_pixels=image_max_pixels,
+                               video_fps=video_fps, video_max_frames=video_max_frames)
+        batch = self.processor(list(conversations), options)
+        return prepare_prompt(self.params["thinker"], self.cfg, batch)
+
+    def _run(self, messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker, seed,
+             use_audio_in_video, image_max_pixels, video_fps, video_max_frames, max_speech_frames=4095,
+             on_text=None):
+        from omni_jax.generation.thinker_engine import ThinkerEngine
+        from omni_jax.models.decoder import StackOptions
+
+        single = _is_conversation(messages)
+        conversations = [messages] if single else list(messages)
+        speech = self.has_talker if speech is None else speech
+        if speech and not self.has_talker:
+            raise ValueError(f"{self.directory}: this checkpoint has no talker, it cannot produce speech")
+        if speech:
+            from omni_jax.generation.speech import speaker_id
+
+            speaker_id(self.cfg, speaker)
+        prompt = self._prepare(conversations, use_audio_in_video, image_max_pixels, video_fps, video_max_frames)
+        text_cfg = self.cfg.thinker.text
+        opts = StackOptions.uniform(text_cfg, taps=(self.cfg.talker.accept_hidden_layer - 1,)) if speech else None
+        engine = ThinkerEngine(self.cfg, self.params["thinker"]["text"])
+        eos = {self.cfg.im_end_token_id}
+        ids = [[] for _ in conversations]
+        done = [False] * len(conversations)
+        records = []
+        counts = np.zeros((text_cfg.num_layers, text_cfg.num_experts), np.int64)
+        decoders = [self.tokenizer.stream_decoder(skip_special_tokens=True) for _ in conversations]
+        for rec in engine.stream(prompt, max_new_tokens, thinker_sampling or SamplingConfig.greedy(), eos,
+                                 seed=seed, opts=opts):
+            records.append(rec)
+            counts += np.asarray(rec.stats.counts)
+            for i, tok in enumerate(rec.tokens):
+                if done[i]:
+                    continue
+                ids[i].append(int(tok))
+                done[i] = int(tok) in eos
+                if on_text is not None and not done[i]:
+                    delta = decoders[i].push(int(tok))
+                    if delta:
+                        on_text(i, delta)
+        results = [GenerationResult(self.tokenizer.decode([t for t in r if t not in eos], skip_special_tokens=True),
+                                    r, router_counts=counts) for r in ids]
+        if speech:
+            from omni_jax.generation.speech import speak
+            from omni_jax.generation.talker_engine import TalkerSampling
+
+            res = speak(self.cfg, self.params, records, prompt, speaker=speaker,
+                        talker_sampling=talker_sampling or TalkerSampling(), seed=seed,
+                        max_frames=max_speech_frames)
+            for r, codes, wav in zip(results, res.codes, res.wavs):
+                r.codec_codes = np.asarray(codes).reshape(-1, self.cfg.talker.num_code_groups)
+                r.wav, r.sample_rate = wav, res.sample_rate
+        return results[0] if single else results
+
+    def generate(self, messages: Sequence, *, max_new_tokens: int = 128, thinker_sampling: SamplingConfig | None = None,
+                 talker_sampling=None, speech: bool | None = None, speaker: str = "Ethan", seed: int = 0,
+                 use_audio_in_video: bool = False, image_max_pixels: int | None = None,
+                 video_fps: float | None = None, video_max_frames: int | None = None,
+                 max_speech_frames: int = 4095):
+        """One conversation -> GenerationResult; a list of conversations -> list of GenerationResult.
+
+        thinker_sampling: ``SamplingConfig`` (default greedy); talker_sampling: ``TalkerSampling`` (default:
+        the reference's talker defaults; ``TalkerSampling.greedy()`` for deterministic speech).
+        speech: None = on when the checkpoint has a Talker."""
+        return self._run(messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker, seed,
+                         use_audio_in_video, image_max_pixels, video_fps, video_max_frames, max_speech_frames)
+
+    def stream(self, messages: Sequence, **kwargs) -> Iterator[dict[str, Any]]:
+        """Yield ``{"type": "text", "row": i, "delta": str}`` as tokens are produced, then one
+        ``{"type": "result", "result": GenerationResult | list}`` (with the speech, when on).
+
+        The text deltas are produced inside the generation loop; this iterator hands them out in order.
+        """
+        import queue
+        import threading
+
+        q: queue.Queue = queue.Queue()
+
+        def work():
+            try:
+                res = self._run(messages, on_text=lambda i, d: q.put({"type": "text", "row": i, "delta": d}),
+                                **_defaults(kwargs))
+                q.put({"type": "result", "result": res})
+            except BaseException as e:  # surfaced in the consumer's thread
+                q.put({"type": "error", "error": e})
+
+        threading.Thread(target=work, daemon=True).start()
+        while True:
+            item = q.get()
+            if item["type"] == "error":
+                raise item["error"]
+            yield item
+            if item["type"] == "result":
+                return
+
+
+def _defaults(kwargs: dict) -> dict:
+    d = dict(max_new_tokens=128, thinker_sampling=None, talker_sampling=None, speech=None, speaker="Ethan", seed=0,
+             use_audio_in_video=False, image_max_pixels=None, video_fps=None, video_max_frames=None,
+             max_speech_frames=4095)
+    unknown = set(kwargs) - set(d)
+    if unknown:
+        raise TypeError(f"unexpected arguments: {sorted(unknown)}")
+    d.update(kwargs)
+    return d
+
+
+def load(path: str | Path | None = None, *, dtype: str = "float32", demo: bool = False) -> OmniModel:
+    """Load a Hugging Face or converted checkpoint directory; ``demo=True`` uses the random-weight demo."""
+    from omni_jax.weights import load_checkpoint
+
+    if path is None:
+        if not demo:
+            raise ValueError("give a checkpoint directory (or demo=True for the random-weight demo)")
+        from omni_jax.demo import ensure_demo_checkpoint
+
+        path = ensure_demo_checkpoint()
+    path = Path(path)
+    cfg, model = load_checkpoint(path, dtype=dtype)
+    return OmniModel(path, cfg, model, dtype)
