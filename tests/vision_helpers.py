@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from omni_jax.weights.mapping import flatten, unflatten
+
 REPO = Path(__file__).resolve().parent.parent
 # torchvision is only needed by the tests (HF's video processor imports it). PyPI's wheel does not import
 # beside the CPU torch 2.13 wheel (its C ops target CUDA torch), so it is installed *outside* site-packages
@@ -181,7 +183,7 @@ def fill_from_hf(module, rules, hf_state: dict) -> None:
 
     from omni_jax.models.common import pure_params
 
-    params = {k: np.array(v) for k, v in _flatten(pure_params(module)).items()}
+    params = {k: np.array(v) for k, v in flatten(pure_params(module)).items()}
     for name, tensor in hf_state.items():
         hits = [(r, r.match(name)) for r in rules]
         hits = [(r, idx) for r, idx in hits if idx is not None]
@@ -198,28 +200,8 @@ def fill_from_hf(module, rules, hf_state: dict) -> None:
             assert target.shape == value.shape, f"{name}: {value.shape} vs slot {rule.param}{list(idx)} {target.shape}"
             target[...] = value
     state = nnx.state(module, nnx.Param)
-    nested = _unflatten({k: jnp.asarray(v) for k, v in params.items()})
+    nested = unflatten({k: jnp.asarray(v) for k, v in params.items()})
     nnx.replace_by_pure_dict(state, nested)
     nnx.update(module, state)
 
 
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _unflatten(flat):
-    out: dict = {}
-    for k, v in flat.items():
-        cur = out
-        parts = k.split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = v
-    return out

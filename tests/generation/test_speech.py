@@ -13,6 +13,7 @@ HF bit for bit); at most 0.1 % of the samples may differ by more than 1e-4.
 import numpy as np
 import pytest
 import torch
+from speech_helpers import compare_wavs, strip_after_eos
 
 from omni_jax.generation.sampling import SamplingConfig
 from omni_jax.generation.speech import SAMPLE_RATE, UnknownSpeakerError, speak, speaker_id
@@ -92,19 +93,6 @@ def ours_alone(setup, i):
         ids, res = run_ours(setup, [i])
         cache[("ours", i)] = (ids[0], res)
     return cache[("ours", i)]
-
-
-def strip_after_eos(ids, eos):
-    return ids[: ids.index(eos) + 1] if eos in ids else ids
-
-
-def compare_wavs(ours, ref, label):
-    assert ours.shape == ref.shape and ours.dtype == np.float32
-    diff = np.abs(ours - ref)
-    corr = float(np.corrcoef(ours, ref)[0, 1])
-    print(f"{label}: {ref.size} samples, corr {corr:.6f}, max abs diff {diff.max():.2e}, "
-          f"samples off by > 1e-4: {(diff > 1e-4).sum()}")
-    assert corr >= 0.999 and (diff > 1e-4).mean() <= 1e-3
 
 
 def test_text_prompt_speech_matches_hf_generate(setup):

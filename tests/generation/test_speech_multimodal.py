@@ -12,6 +12,7 @@ reference run sets it from the thinker config, which changes nothing for these p
 import numpy as np
 import pytest
 import torch
+from speech_helpers import compare_wavs, strip_after_eos
 from multimodal_helpers import media  # noqa: F401 (fixture)
 
 from omni_jax.generation.sampling import SamplingConfig
@@ -99,19 +100,6 @@ def run_hf(setup, batch, key):
     ids = strip_after_eos(seq[0, inputs["input_ids"].shape[1]:].tolist(), cfg.im_end_token_id)
     cache[key] = (ids, kept["codes"], wav.reshape(-1).numpy())
     return cache[key]
-
-
-def strip_after_eos(ids, eos):
-    return ids[: ids.index(eos) + 1] if eos in ids else ids
-
-
-def compare_wavs(ours, ref, label):  # as tests/generation/test_speech.py
-    assert ours.shape == ref.shape and ours.dtype == np.float32
-    diff = np.abs(ours - ref)
-    corr = float(np.corrcoef(ours, ref)[0, 1])
-    print(f"{label}: {ref.size} samples, corr {corr:.6f}, max abs diff {diff.max():.2e}, "
-          f"samples off by > 1e-4: {(diff > 1e-4).sum()}")
-    assert corr >= 0.999 and (diff > 1e-4).mean() <= 1e-3
 
 
 def check(setup, batch, key, label, explicit_media=False):
