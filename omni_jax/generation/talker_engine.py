@@ -126,7 +126,7 @@ def _step(params, cfg: TalkerConfig, opts: StackOptions, sampling: TalkerSamplin
     seen = seen.at[jnp.arange(c0.shape[0]), c0].set(True)
     nxt = _sample_rows(out["logits"][:, -1], keys[:, 0], sampling.talker(), seen,
                        jnp.asarray(suppressed_tokens(cfg)))
-    return frame, nxt, out["hidden"][:, -1], seen, out["cache"], out["stats"]
+    return frame, nxt, out["hidden"][:, -1], seen, out["cache"], out["stats"], x[:, 0]
 
 
 @dataclass
@@ -136,6 +136,7 @@ class FrameRecord:
     frames: np.ndarray  # [B, 16] int32
     valid: np.ndarray  # [B] bool
     stats: object  # the talker forward's MoE stats (stacked over layers)
+    inputs: jax.Array | None = None  # [B, H] the input embedding this step fed to the talker
 
 
 class TalkerEngine:
@@ -177,10 +178,10 @@ class TalkerEngine:
             if done.all():
                 return
             active = ~done
-            frame, c0, hidden, seen, cache, stats = _step(
+            frame, c0, hidden, seen, cache, stats, x = _step(
                 self.params, self.cfg, self.opts, sampling, jnp.asarray(s, jnp.int32), c0, hidden,
                 jnp.asarray(active), seen, positions + s, trailing, lengths, pad, cache, seeds)
-            yield FrameRecord(np.asarray(frame), active, stats)
+            yield FrameRecord(np.asarray(frame), active, stats, x)
             done |= np.asarray(c0) == eos
 
     def generate(self, prompt: TalkerPrompt, max_frames: int, sampling: TalkerSampling = TalkerSampling(),
