@@ -68,7 +68,11 @@ class OmniModel:
 
     def _run(self, messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker, seed,
              use_audio_in_video, image_max_pixels, video_fps, video_max_frames, max_speech_frames=4095,
-             on_text=None):
+             audio_chunk_frames=300, on_text=None, on_audio=None):
+        import time
+
+        t_start = time.perf_counter()
+        t_text = t_audio = None
         from omni_jax.generation.thinker_engine import ThinkerEngine
         from omni_jax.models.decoder import StackOptions
 
@@ -94,6 +98,8 @@ class OmniModel:
         for rec in engine.stream(prompt, max_new_tokens, thinker_sampling or SamplingConfig.greedy(), eos,
                                  seed=seed, opts=opts):
             records.append(rec)
+            if t_text is None:
+                t_text = time.perf_counter() - t_start
             counts += np.asarray(rec.stats.counts)
             for i, tok in enumerate(rec.tokens):
                 if done[i]:
@@ -107,36 +113,55 @@ class OmniModel:
         results = [GenerationResult(self.tokenizer.decode([t for t in r if t not in eos], skip_special_tokens=True),
                                     r, router_counts=counts) for r in ids]
         if speech:
-            from omni_jax.generation.speech import speak
+            from omni_jax.generation.speech import speak_stream
             from omni_jax.generation.talker_engine import TalkerSampling
 
-            res = speak(self.cfg, self.params, records, prompt, speaker=speaker,
-                        talker_sampling=talker_sampling or TalkerSampling(), seed=seed,
-                        max_frames=max_speech_frames)
+            for event in speak_stream(self.cfg, self.params, records, prompt, speaker=speaker,
+                                      talker_sampling=talker_sampling or TalkerSampling(), seed=seed,
+                                      max_frames=max_speech_frames, chunk_size=audio_chunk_frames):
+                if event["type"] == "audio":
+                    if t_audio is None:
+                        t_audio = time.perf_counter() - t_start
+                    if on_audio is not None:
+                        on_audio(event["row"], event["wav"])
+                    continue
+                res = event["result"]
             for r, codes, wav in zip(results, res.codes, res.wavs):
                 r.codec_codes = np.asarray(codes).reshape(-1, self.cfg.talker.num_code_groups)
                 r.wav, r.sample_rate = wav, res.sample_rate
+        timing = {"time_to_first_token_s": t_text, "time_to_first_audio_s": t_audio,
+                  "total_s": time.perf_counter() - t_start}
+        for r in results:
+            r.extras.update(timing)
         return results[0] if single else results
 
     def generate(self, messages: Sequence, *, max_new_tokens: int = 128, thinker_sampling: SamplingConfig | None = None,
                  talker_sampling=None, speech: bool | None = None, speaker: str = "Ethan", seed: int = 0,
                  use_audio_in_video: bool = False, image_max_pixels: int | None = None,
                  video_fps: float | None = None, video_max_frames: int | None = None,
-                 max_speech_frames: int = 4095):
+                 max_speech_frames: int = 4095, audio_chunk_frames: int = 300):
         """One conversation -> GenerationResult; a list of conversations -> list of GenerationResult.
 
         thinker_sampling: ``SamplingConfig`` (default greedy); talker_sampling: ``TalkerSampling`` (default:
         the reference's talker defaults; ``TalkerSampling.greedy()`` for deterministic speech).
-        speech: None = on when the checkpoint has a Talker."""
+        speech: None = on when the checkpoint has a Talker. audio_chunk_frames: Code2Wav decodes the codes in
+        chunks of this many frames with 25 frames of left context (300 = HF's ``chunked_decode``).
+        ``result.extras`` has ``time_to_first_token_s``, ``time_to_first_audio_s`` and ``total_s``."""
         return self._run(messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker, seed,
-                         use_audio_in_video, image_max_pixels, video_fps, video_max_frames, max_speech_frames)
+                         use_audio_in_video, image_max_pixels, video_fps, video_max_frames, max_speech_frames,
+                         audio_chunk_frames)
 
     def stream(self, messages: Sequence, **kwargs) -> Iterator[dict[str, Any]]:
-        """Yield ``{"type": "text", "row": i, "delta": str}`` as tokens are produced, then one
-        ``{"type": "result", "result": GenerationResult | list}`` (with the speech, when on).
+        """Yield ``{"type": "text", "row": i, "delta": str}`` as tokens are produced, then (speech on)
+        ``{"type": "audio", "row": i, "wav": float32 array, "sample_rate": 24000}`` pieces as the Talker's frames
+        are decoded, then one ``{"type": "result", "result": GenerationResult | list}``.
 
-        The text deltas are produced inside the generation loop; this iterator hands them out in order.
+        Same arguments as ``generate``; ``audio_chunk_frames`` defaults to 25 here (2 s of speech per piece;
+        the pieces concatenate to ``chunked_decode(codes, 25, 25)``; 300 gives ``generate``'s waveform).
+        Timing of the first text token and the first audio piece is in ``result.extras``.
+        The work runs in a background thread; this iterator hands the events out in order.
         """
+        kwargs.setdefault("audio_chunk_frames", 25)
         import queue
         import threading
 
@@ -145,6 +170,8 @@ class OmniModel:
         def work():
             try:
                 res = self._run(messages, on_text=lambda i, d: q.put({"type": "text", "row": i, "delta": d}),
+                                on_audio=lambda i, w: q.put({"type": "audio", "row": i, "wav": w,
+                                                             "sample_rate": 24_000}),
                                 **_defaults(kwargs))
                 q.put({"type": "result", "result": res})
             except BaseException as e:  # surfaced in the consumer's thread
@@ -163,7 +190,7 @@ class OmniModel:
 def _defaults(kwargs: dict) -> dict:
     d = dict(max_new_tokens=128, thinker_sampling=None, talker_sampling=None, speech=None, speaker="Ethan", seed=0,
              use_audio_in_video=False, image_max_pixels=None, video_fps=None, video_max_frames=None,
-             max_speech_frames=4095)
+             max_speech_frames=4095, audio_chunk_frames=300)
     unknown = set(kwargs) - set(d)
     if unknown:
         raise TypeError(f"unexpected arguments: {sorted(unknown)}")

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-speech", action="store_true", help="text only, even if the checkpoint has a talker")
     p.add_argument("--max-speech-frames", type=int, default=None,
                    help="codec frames (80 ms each) at most (default 4095; 40 with --demo)")
+    p.add_argument("--audio-chunk-frames", type=int, default=None,
+                   help="stream speech in pieces of this many codec frames, each appended to --wav-out as soon as "
+                        "it is decoded (default 300 = HF's chunked_decode, whose waveform it equals; 10 with --demo)")
     p.add_argument("--router-stats", type=Path, default=None,
                    help="write per-layer expert counts for prompt and generated tokens to this JSON file")
     return p
@@ -115,12 +118,16 @@ def run(args) -> dict:
             args.audio = args.audio or [audio]
         if args.max_speech_frames is None:
             args.max_speech_frames = 40
+        if args.audio_chunk_frames is None:
+            args.audio_chunk_frames = 10
     if ckpt is None:
         raise ValueError("--checkpoint is required (or --demo)")
     if not ckpt.is_dir():
         raise ValueError(f"{ckpt}: checkpoint directory not found")
     if args.max_new_tokens < 1:
         raise ValueError("--max-new-tokens must be >= 1")
+    if args.audio_chunk_frames is not None and args.audio_chunk_frames < 1:
+        raise ValueError("--audio-chunk-frames must be >= 1")
     cfg = OmniConfig.from_file(ckpt)
     processor = TextProcessor.from_dir(ckpt, cfg)
     sampling = thinker_sampling(args, ckpt)
@@ -154,11 +161,12 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     cfg, model = load_checkpoint(ckpt, dtype=args.dtype, progress=sys.stderr.isatty())
     load_s = time.perf_counter() - t0
+    params = pure_params(model)
     if has_media:
         from omni_jax.models.thinker import prepare_prompt
 
-        prompt = prepare_prompt(pure_params(model.thinker), cfg, batch)
-    engine = ThinkerEngine(cfg, pure_params(model.thinker.text))
+        prompt = prepare_prompt(params["thinker"], cfg, batch)
+    engine = ThinkerEngine(cfg, params["thinker"]["text"])
     decoder = processor.tokenizer.stream_decoder(skip_special_tokens=True)
     eos = processor.eos_ids()
     ids: list[int] = []
@@ -182,6 +190,8 @@ def run(args) -> dict:
         sys.stdout.write(tail)
     if not args.json:
         sys.stdout.write("\n")
+        sys.stdout.flush()
+        print(f"[{len(ids)} tokens, first after {t_first or 0.0:.2f} s]", file=sys.stderr)
     elapsed = time.perf_counter() - t_start
     text = processor.tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True)
     result = {
@@ -193,23 +203,33 @@ def run(args) -> dict:
         "tokens_per_s": round(len(ids) / elapsed, 3) if elapsed > 0 else None,
     }
     if speech:
-        from omni_jax.generation.speech import speak, write_wav
+        from omni_jax.generation.speech import WavStreamWriter, speak_stream
         from omni_jax.generation.talker_engine import TalkerSampling
 
         t_speech = time.perf_counter()
-        res = speak(cfg, pure_params(model), records, prompt, speaker=args.speaker,
-                    talker_sampling=TalkerSampling.greedy() if args.greedy else TalkerSampling(),
-                    seed=args.seed, max_frames=args.max_speech_frames or 4095)
         wav_out = args.wav_out or Path("demo.wav" if args.demo else "output.wav")
-        write_wav(wav_out, res.wavs[0], res.sample_rate)
+        t_audio = None
+        with WavStreamWriter(wav_out) as writer:
+            for event in speak_stream(cfg, params, records, prompt, speaker=args.speaker,
+                                      talker_sampling=TalkerSampling.greedy() if args.greedy else TalkerSampling(),
+                                      seed=args.seed, max_frames=args.max_speech_frames or 4095,
+                                      chunk_size=args.audio_chunk_frames or 300):
+                if event["type"] == "audio":
+                    writer.write(event["wav"])
+                    if t_audio is None:
+                        t_audio = time.perf_counter() - t_start
+                else:
+                    res = event["result"]
         codes = np.asarray(res.codes[0]).reshape(-1, cfg.talker.num_code_groups)
         result.update(codec_codes=codes.astype(int).tolist(), sample_rate=res.sample_rate, wav_path=str(wav_out),
-                      speech_s=round(time.perf_counter() - t_speech, 3))
+                      speech_s=round(time.perf_counter() - t_speech, 3),
+                      time_to_first_audio_s=None if t_audio is None else round(t_audio, 4))
         if args.json:
             result["wav"] = [round(float(v), 6) for v in res.wavs[0]]
         else:
+            ttfa = "" if t_audio is None else f", first audio after {t_audio:.2f} s"
             print(f"[speech: {len(codes)} frames, {res.wavs[0].size / res.sample_rate:.2f} s at "
-                  f"{res.sample_rate} Hz -> {wav_out}]", file=sys.stderr)
+                  f"{res.sample_rate} Hz -> {wav_out}{ttfa}]", file=sys.stderr)
     if args.demo:
         result["demo_random_weights"] = True
     if args.router_stats is not None:

@@ -27,3 +27,28 @@ def test_generate_batch_and_stream(tiny_ckpt, media):  # noqa: F811
     streamed = "".join(e["delta"] for e in events if e["type"] == "text")
     assert streamed == events[-1]["result"].text == alone[0].text
     assert np.all(np.isfinite(spoken.wav))
+
+
+def test_stream_speech_in_pieces(tiny_ckpt):
+    """Audio pieces arrive before the result, concatenate to chunked_decode(codes, chunk, 25) and (chunk 300)
+    to generate()'s waveform; the time to the first token and to the first audio piece is reported."""
+    from omni_jax.models.code2wav import chunked_decode
+
+    model = omni_jax.load(tiny_ckpt)
+    msgs = build_messages("Say something")
+    kw = dict(max_new_tokens=4, talker_sampling=TalkerSampling.greedy(), max_speech_frames=7)
+    events = list(model.stream(msgs, audio_chunk_frames=2, **kw))
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "result" and "audio" in kinds and kinds.index("audio") < len(kinds) - 1
+    res = events[-1]["result"]
+    pieces = [e["wav"] for e in events if e["type"] == "audio"]
+    assert len(pieces) == -(-len(res.codec_codes) // 2)  # one piece per 2 frames, the rest flushed
+    np.testing.assert_array_equal(np.concatenate(pieces), res.wav)
+    expect = chunked_decode(model.params["code2wav"], res.codec_codes.T[None], model.cfg.code2wav, 2, 25)[0]
+    np.testing.assert_allclose(res.wav, expect, atol=1e-6)
+    whole = model.generate(msgs, **kw)
+    np.testing.assert_array_equal(whole.codec_codes, res.codec_codes)
+    one_chunk = [e for e in model.stream(msgs, audio_chunk_frames=300, **kw) if e["type"] == "result"][0]["result"]
+    np.testing.assert_array_equal(one_chunk.wav, whole.wav)
+    t = res.extras
+    assert 0 < t["time_to_first_token_s"] < t["time_to_first_audio_s"] <= t["total_s"]

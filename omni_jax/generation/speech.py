@@ -9,7 +9,7 @@ alone (each row's codes are decoded on their own, through one compiled window sh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -42,14 +42,37 @@ class SpeechResult:
 
 def write_wav(path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write a mono float waveform in [-1, 1] as 16-bit PCM (stdlib ``wave``; no extra dependency)."""
-    import wave
+    with WavStreamWriter(path, sample_rate) as w:
+        w.write(wav)
 
-    pcm = np.round(np.clip(np.asarray(wav, np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(sample_rate)
-        f.writeframes(pcm.tobytes())
+
+class WavStreamWriter:
+    """A 16-bit PCM mono wav written piece by piece (the header is patched after every piece, so the file is a
+    valid wav at any moment: a player can open it while speech is still being generated)."""
+
+    def __init__(self, path, sample_rate: int = SAMPLE_RATE):
+        import wave
+
+        self.path = path
+        self._f = wave.open(str(path), "wb")
+        self._f.setnchannels(1)
+        self._f.setsampwidth(2)
+        self._f.setframerate(sample_rate)
+        self.samples = 0
+
+    def write(self, wav: np.ndarray) -> None:
+        pcm = np.round(np.clip(np.asarray(wav, np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
+        self._f.writeframes(pcm.tobytes())
+        self.samples += pcm.size
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def speaker_id(cfg: OmniConfig, speaker: str) -> int:
@@ -80,6 +103,27 @@ def decode_rows(code2wav_params: dict, cfg: OmniConfig, codes: Sequence[np.ndarr
     return wavs
 
 
+def _talker_frames(cfg: OmniConfig, model_params: dict, thinker_records: Sequence, prompt, speaker: str,
+                   talker_sampling: TalkerSampling, seed, max_frames: int, thinker_eos_ids, media,
+                   talker_opts) -> tuple[int, Iterator[FrameRecord]]:
+    """(batch size, the talker's FrameRecord stream) for what the Thinker generated."""
+    if not cfg.has_talker:
+        raise NoTalkerError("this checkpoint has no talker/code2wav: it cannot produce speech")
+    sid = speaker_id(cfg, speaker)
+    eos = [cfg.im_end_token_id] if thinker_eos_ids is None else list(thinker_eos_ids)
+    if media is None:
+        extras = getattr(prompt, "extras", None) or {}
+        media = TalkerMedia.from_source(extras.get("media", extras))  # prepare_prompt keeps the batch there
+    tp = build_talker_prompt(cfg, model_params["talker"], model_params["thinker"]["text"]["embed"],
+                             thinker_records, prompt.input_ids, prompt.attention_mask, sid, eos, media)
+    engine = TalkerEngine(cfg.talker, model_params["talker"], talker_opts)
+    return tp.batch, engine.stream(tp, max_frames, talker_sampling, seed)
+
+
+def _codes(frames: list[list[np.ndarray]], g: int) -> list[np.ndarray]:
+    return [np.stack(f).astype(np.int32) if f else np.zeros((0, g), np.int32) for f in frames]
+
+
 def speak(cfg: OmniConfig, model_params: dict, thinker_records: Sequence, prompt, speaker: str = "Ethan",
           talker_sampling: TalkerSampling = TalkerSampling(), seed: int | Sequence[int] = 0,
           max_frames: int = DEFAULT_MAX_FRAMES, thinker_eos_ids: Sequence[int] | None = None,
@@ -95,23 +139,49 @@ def speak(cfg: OmniConfig, model_params: dict, thinker_records: Sequence, prompt
     seed: row b samples with ``seed + b`` (or ``seed[b]``); max_frames: codec frames per row at most
     (HF ``talker_max_new_tokens = max_frames + 1``). thinker_eos_ids default: ``<|im_end|>``.
     """
-    if not cfg.has_talker:
-        raise NoTalkerError("this checkpoint has no talker/code2wav: it cannot produce speech")
-    sid = speaker_id(cfg, speaker)
-    eos = [cfg.im_end_token_id] if thinker_eos_ids is None else list(thinker_eos_ids)
-    if media is None:
-        extras = getattr(prompt, "extras", None) or {}
-        media = TalkerMedia.from_source(extras.get("media", extras))  # prepare_prompt keeps the batch there
-    tp = build_talker_prompt(cfg, model_params["talker"], model_params["thinker"]["text"]["embed"],
-                             thinker_records, prompt.input_ids, prompt.attention_mask, sid, eos, media)
-    engine = TalkerEngine(cfg.talker, model_params["talker"], talker_opts)
-    frames: list[list[np.ndarray]] = [[] for _ in range(tp.batch)]
+    batch, records = _talker_frames(cfg, model_params, thinker_records, prompt, speaker, talker_sampling, seed,
+                                    max_frames, thinker_eos_ids, media, talker_opts)
+    frames: list[list[np.ndarray]] = [[] for _ in range(batch)]
     stats = []
     rec: FrameRecord
-    for rec in engine.stream(tp, max_frames, talker_sampling, seed):
+    for rec in records:
         for i in np.nonzero(rec.valid)[0]:
             frames[i].append(rec.frames[i])
         stats.append(rec.stats)
-    g = cfg.talker.num_code_groups
-    codes = [np.stack(f).astype(np.int32) if f else np.zeros((0, g), np.int32) for f in frames]
+    codes = _codes(frames, cfg.talker.num_code_groups)
     return SpeechResult(codes, decode_rows(model_params["code2wav"], cfg, codes), SAMPLE_RATE, stats)
+
+
+def speak_stream(cfg: OmniConfig, model_params: dict, thinker_records: Sequence, prompt, speaker: str = "Ethan",
+                 talker_sampling: TalkerSampling = TalkerSampling(), seed: int | Sequence[int] = 0,
+                 max_frames: int = DEFAULT_MAX_FRAMES, thinker_eos_ids: Sequence[int] | None = None,
+                 media: TalkerMedia | None = None, talker_opts: StackOptions | None = None,
+                 chunk_size: int = 50, left_context: int = LEFT_CONTEXT) -> Iterator[dict]:
+    """``speak`` as a stream: ``{"type": "audio", "row": b, "wav": piece}`` as soon as ``chunk_size`` new frames
+    of row b are decodable (each row has its own ``Code2WavStreamer``), then ``{"type": "speech", "result":
+    SpeechResult}``. A row's pieces concatenate to ``chunked_decode(codes, chunk_size, left_context)``
+    (with ``chunk_size=300`` that is exactly ``speak``'s waveform, HF's default)."""
+    from omni_jax.models.code2wav import Code2WavStreamer
+
+    batch, records = _talker_frames(cfg, model_params, thinker_records, prompt, speaker, talker_sampling, seed,
+                                    max_frames, thinker_eos_ids, media, talker_opts)
+    c2w = model_params["code2wav"]
+    streamers = [Code2WavStreamer(c2w, cfg.code2wav, chunk_size, left_context) for _ in range(batch)]
+    frames: list[list[np.ndarray]] = [[] for _ in range(batch)]
+    pieces: list[list[np.ndarray]] = [[] for _ in range(batch)]
+    stats = []
+    for rec in records:
+        stats.append(rec.stats)
+        for i in np.nonzero(rec.valid)[0]:
+            frames[i].append(rec.frames[i])
+            for piece in streamers[i].push(np.asarray(rec.frames[i], np.int32)[None, :, None]):
+                pieces[i].append(piece[0])
+                yield {"type": "audio", "row": int(i), "wav": np.asarray(piece[0], np.float32)}
+    for i, st in enumerate(streamers):
+        if frames[i]:
+            for piece in st.flush():
+                pieces[i].append(piece[0])
+                yield {"type": "audio", "row": i, "wav": np.asarray(piece[0], np.float32)}
+    codes = _codes(frames, cfg.talker.num_code_groups)
+    wavs = [np.concatenate(p).astype(np.float32) if p else np.zeros(0, np.float32) for p in pieces]
+    yield {"type": "speech", "result": SpeechResult(codes, wavs, SAMPLE_RATE, stats)}
