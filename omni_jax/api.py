@@ -44,11 +44,11 @@ def _is_conversation(x) -> bool:
 class OmniModel:
     """A loaded checkpoint with its processors (created by ``omni_jax.load``)."""
 
-    def __init__(self, directory: Path, cfg, model, dtype: str):
+    def __init__(self, directory: Path, cfg, model, dtype: str, mesh=None):
         from omni_jax.models.common import pure_params
         from omni_jax.processing.multimodal import MultimodalProcessor
 
-        self.directory, self.cfg, self.model, self.dtype = directory, cfg, model, dtype
+        self.directory, self.cfg, self.model, self.dtype, self.mesh = directory, cfg, model, dtype, mesh
         self.params = pure_params(model)
         self.processor = MultimodalProcessor.from_dir(directory, cfg)
         self.tokenizer = self.processor.tokenizer
@@ -87,8 +87,9 @@ class OmniModel:
             speaker_id(self.cfg, speaker)
         prompt = self._prepare(conversations, use_audio_in_video, image_max_pixels, video_fps, video_max_frames)
         text_cfg = self.cfg.thinker.text
-        opts = StackOptions.uniform(text_cfg, taps=(self.cfg.talker.accept_hidden_layer - 1,)) if speech else None
-        engine = ThinkerEngine(self.cfg, self.params["thinker"]["text"])
+        taps = (self.cfg.talker.accept_hidden_layer - 1,) if speech else ()
+        opts = StackOptions.uniform(text_cfg, taps=taps, mesh=self.mesh)
+        engine = ThinkerEngine(self.cfg, self.params["thinker"]["text"], opts)
         eos = {self.cfg.im_end_token_id}
         ids = [[] for _ in conversations]
         done = [False] * len(conversations)
@@ -118,7 +119,8 @@ class OmniModel:
 
             for event in speak_stream(self.cfg, self.params, records, prompt, speaker=speaker,
                                       talker_sampling=talker_sampling or TalkerSampling(), seed=seed,
-                                      max_frames=max_speech_frames, chunk_size=audio_chunk_frames):
+                                      max_frames=max_speech_frames, chunk_size=audio_chunk_frames,
+                                      talker_opts=StackOptions.uniform(self.cfg.talker.text, mesh=self.mesh)):
                 if event["type"] == "audio":
                     if t_audio is None:
                         t_audio = time.perf_counter() - t_start
@@ -198,8 +200,13 @@ def _defaults(kwargs: dict) -> dict:
     return d
 
 
-def load(path: str | Path | None = None, *, dtype: str = "float32", demo: bool = False) -> OmniModel:
-    """Load a Hugging Face or converted checkpoint directory; ``demo=True`` uses the random-weight demo."""
+def load(path: str | Path | None = None, *, dtype: str = "float32", mesh=None, demo: bool = False,
+         progress: bool = False) -> OmniModel:
+    """Load a Hugging Face or converted checkpoint directory; ``demo=True`` uses the random-weight demo.
+
+    mesh: a ``jax.sharding.Mesh`` or a spec such as ``"data=1,expert=8"``: the MoE experts are split over the
+    ``expert`` axis (expert-parallel MoE in every forward); a converted checkpoint is restored straight onto
+    the devices, one storage unit at a time."""
     from omni_jax.weights import load_checkpoint
 
     if path is None:
@@ -209,5 +216,9 @@ def load(path: str | Path | None = None, *, dtype: str = "float32", demo: bool =
 
         path = ensure_demo_checkpoint()
     path = Path(path)
-    cfg, model = load_checkpoint(path, dtype=dtype)
-    return OmniModel(path, cfg, model, dtype)
+    if isinstance(mesh, str):
+        from omni_jax.sharding import make_mesh
+
+        mesh = make_mesh(mesh)
+    cfg, model = load_checkpoint(path, dtype=dtype, mesh=mesh, progress=progress)
+    return OmniModel(path, cfg, model, dtype, mesh)

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--mesh", default=None,
+                   help="device mesh, e.g. data=1,expert=8: experts split over the expert axis (expert parallel)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     p.add_argument("--speaker", default="Ethan", help="talker voice (case-insensitive; e.g. Ethan, Chelsie, Aiden)")
     p.add_argument("--wav-out", type=Path, default=None, help="where to write the speech (default output.wav)")
@@ -147,19 +149,26 @@ def run(args) -> dict:
     if not cfg.has_talker and args.wav_out is not None and not args.no_speech:
         raise ValueError(f"{ckpt}: this checkpoint has no talker, it cannot produce speech (drop --wav-out)")
     speech = cfg.has_talker and not args.no_speech
-    opts = None
+    from omni_jax.models.decoder import StackOptions
+
+    mesh = None
+    if args.mesh:
+        from omni_jax.sharding import make_mesh
+
+        mesh = make_mesh(args.mesh)  # a bad spec fails before loading
+    taps = ()
     if speech:
         from omni_jax.generation.speech import speaker_id
-        from omni_jax.models.decoder import StackOptions
 
         speaker_id(cfg, args.speaker)  # an unknown speaker fails before any generation
-        opts = StackOptions.uniform(cfg.thinker.text, taps=(cfg.talker.accept_hidden_layer - 1,))
+        taps = (cfg.talker.accept_hidden_layer - 1,)
+    opts = StackOptions.uniform(cfg.thinker.text, taps=taps, mesh=mesh)
     from omni_jax.generation.thinker_engine import cache_size_for
 
     prompt_len = batch.input_ids.shape[1] if has_media else prompt.length
     cache_size_for(cfg.thinker.text, prompt_len, args.max_new_tokens)  # a too-long prompt fails before loading
     t0 = time.perf_counter()
-    cfg, model = load_checkpoint(ckpt, dtype=args.dtype, progress=sys.stderr.isatty())
+    cfg, model = load_checkpoint(ckpt, dtype=args.dtype, progress=sys.stderr.isatty(), mesh=mesh)
     load_s = time.perf_counter() - t0
     params = pure_params(model)
     if has_media:
@@ -213,7 +222,8 @@ def run(args) -> dict:
             for event in speak_stream(cfg, params, records, prompt, speaker=args.speaker,
                                       talker_sampling=TalkerSampling.greedy() if args.greedy else TalkerSampling(),
                                       seed=args.seed, max_frames=args.max_speech_frames or 4095,
-                                      chunk_size=args.audio_chunk_frames or 300):
+                                      chunk_size=args.audio_chunk_frames or 300,
+                                      talker_opts=StackOptions.uniform(cfg.talker.text, mesh=mesh)):
                 if event["type"] == "audio":
                     writer.write(event["wav"])
                     if t_audio is None:
