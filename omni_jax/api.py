@@ -111,6 +111,7 @@ class OmniModel:
                     delta = decoders[i].push(int(tok))
                     if delta:
                         on_text(i, delta)
+        t_thinker = time.perf_counter() - t_start
         results = [GenerationResult(self.tokenizer.decode([t for t in r if t not in eos], skip_special_tokens=True),
                                     r, router_counts=counts) for r in ids]
         if speech:
@@ -131,7 +132,7 @@ class OmniModel:
             for r, codes, wav in zip(results, res.codes, res.wavs):
                 r.codec_codes = np.asarray(codes).reshape(-1, self.cfg.talker.num_code_groups)
                 r.wav, r.sample_rate = wav, res.sample_rate
-        timing = {"time_to_first_token_s": t_text, "time_to_first_audio_s": t_audio,
+        timing = {"time_to_first_token_s": t_text, "time_to_first_audio_s": t_audio, "thinker_s": t_thinker,
                   "total_s": time.perf_counter() - t_start}
         for r in results:
             r.extras.update(timing)
