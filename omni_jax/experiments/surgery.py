@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.config import OmniConfig, TextConfig
@@ -20,6 +21,11 @@ EXPERT_KEYS = ("gate_up", "down")
 
 class SurgeryError(ValueError):
     """A keep list that does not fit the model (wrong length, out of range, duplicates, too few)."""
+
+
+def _xp(a):
+    """numpy for host arrays, jax.numpy for device arrays (slicing stays where the array is)."""
+    return jnp if isinstance(a, jax.Array) else np
 
 
 def check_expert_keep(keep: np.ndarray, cfg: TextConfig) -> np.ndarray:
@@ -43,10 +49,10 @@ def keep_experts(text_params: dict, cfg: TextConfig, keep: np.ndarray) -> tuple[
     keep = check_expert_keep(keep, cfg)
     rows = np.arange(cfg.num_layers)[:, None]
     mlp = dict(text_params["layers"]["mlp"])
-    for k in EXPERT_KEYS:
-        mlp[k] = np.asarray(mlp[k])[rows, keep]
-    router = np.asarray(mlp["router"])  # [L, H, E]
-    mlp["router"] = np.take_along_axis(router, keep[:, None, :], axis=2)
+    for k in EXPERT_KEYS:  # device arrays are sliced on their device (no host copy of a 38 GB stack)
+        mlp[k] = _xp(mlp[k]).asarray(mlp[k])[rows, keep]
+    router = mlp["router"]  # [L, H, E]
+    mlp["router"] = _xp(router).take_along_axis(router, keep[:, None, :], axis=2)
     layers = dict(text_params["layers"], mlp=mlp)
     return dict(text_params, layers=layers), dataclasses.replace(cfg, num_experts=keep.shape[1])
 
@@ -56,7 +62,7 @@ def keep_layers(text_params: dict, cfg: TextConfig, layers: list[int]) -> tuple[
     idx = np.asarray(layers, np.int32)
     if idx.ndim != 1 or len(idx) == 0 or idx.min() < 0 or idx.max() >= cfg.num_layers:
         raise SurgeryError(f"layer list {list(layers)} outside 0..{cfg.num_layers - 1}")
-    new_layers = jax.tree.map(lambda a: np.asarray(a)[idx], text_params["layers"])
+    new_layers = jax.tree.map(lambda a: a[idx], text_params["layers"])
     return dict(text_params, layers=new_layers), dataclasses.replace(cfg, num_layers=len(idx))
 
 
