@@ -86,12 +86,16 @@ class TalkerEval:
         ev.reference = np.asarray(ev._forward(StackOptions.uniform(cfg.talker.text))[0])
         return ev
 
-    def _forward(self, opts):
-        return _talker_logprobs(self.ctx.params["talker"], self.ctx.cfg.talker, opts, self.embeds,
-                                self.position_ids, self.attention_mask)
+    def _forward(self, opts, params=None):
+        params = self.ctx.params["talker"] if params is None else params
+        return _talker_logprobs(params, self.ctx.cfg.talker, opts, self.embeds, self.position_ids,
+                                self.attention_mask)
 
-    def evaluate(self, opts: StackOptions) -> dict:
-        logp, stats = self._forward(opts)
+    def evaluate(self, opts: StackOptions, params: dict | None = None) -> dict:
+        """Metrics of the Talker with ``opts`` (routing hooks) and ``params`` (default: the loaded Talker's,
+        e.g. a quantized copy) against the unmodified Talker."""
+        params = self.ctx.params["talker"] if params is None else params
+        logp, stats = self._forward(opts, params)
         n, nll, kl, agree = (float(x) for x in position_metrics(logp, jnp.asarray(self.reference),
                                                                 jnp.asarray(self.targets),
                                                                 jnp.asarray(self.target_mask)))
@@ -100,13 +104,14 @@ class TalkerEval:
         m = dict(loss=nll / max(n, 1), perplexity=float(np.exp(min(nll / max(n, 1), 50.0))),
                  kl_to_reference=kl / max(n, 1), greedy_agreement=agree / max(n, 1), eval_tokens=int(n))
         m.update(router_summary(counts, float(toks[0]), np.asarray(stats.entropy, np.float64)))
-        m.update(expert_param_bytes=expert_bytes(self.ctx.params["talker"]), ms_per_frame_decode=self.decode_ms(opts))
+        m.update(expert_param_bytes=expert_bytes(params), ms_per_frame_decode=self.decode_ms(opts, params))
         return m
 
-    def decode_ms(self, opts: StackOptions) -> float:
+    def decode_ms(self, opts: StackOptions, params: dict | None = None) -> float:
         from omni_jax.generation.talker_engine import TalkerEngine, TalkerSampling
 
-        engine = TalkerEngine(self.ctx.cfg.talker, self.ctx.params["talker"], opts)
+        params = self.ctx.params["talker"] if params is None else params
+        engine = TalkerEngine(self.ctx.cfg.talker, params, opts)
         stamps = [time.perf_counter() for _ in engine.stream(self.prompt, self.frames, TalkerSampling.greedy(), 0)]
         steps = np.diff(stamps)[1:]
         return float(1e3 * np.median(steps)) if len(steps) else float("nan")

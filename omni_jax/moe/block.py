@@ -9,6 +9,7 @@ from omni_jax.moe.dispatch import choose_backend, get_backend
 from omni_jax.moe.experts import round_to_dtype, swiglu
 from omni_jax.moe.router import RoutingConfig, route
 from omni_jax.moe.stats import MoEStats, compute_stats
+from omni_jax.quant.weights import merge_leading, take_leading
 
 
 def shared_expert(x: jax.Array, params: dict) -> jax.Array:
@@ -36,12 +37,14 @@ def moe_block(
 ) -> tuple[jax.Array, MoEStats]:
     """x [..., H] → (y [..., H] in x.dtype, MoEStats).
 
-    params: "router" [H, E], "gate_up" [E, H, 2I], "down" [E, I, H]; optionally "shared_gate_up" [H, 2S],
-    "shared_down" [S, H], "shared_gate" [H, 1]. token_mask [...] bool: False = padding (excluded from the
-    statistics and from capacity; its output is finite but meaningless). backend: "auto" | "dense" |
-    "gather" | "tiles" | "ragged". mesh: a Mesh with an "expert" axis → expert-parallel (``parallel.py``).
-    layer: this layer's index (may be traced) for per-layer hooks. with_router_outputs: also return the
-    router logits and the top-k experts / weights in the stats. ep_path (with a mesh): "auto" | "psum"
+    params: "router" [H, E], "gate_up" [E, H, 2I], "down" [E, I, H] (plain arrays or ``omni_jax.quant``
+    QuantizedWeight: each expert's slice is dequantized right before its matmul); optionally
+    "shared_gate_up" [H, 2S], "shared_down" [S, H], "shared_gate" [H, 1]. token_mask [...] bool: False =
+    padding (excluded from the statistics and from capacity; its output is finite but meaningless).
+    backend: "auto" | "dense" | "gather" | "tiles" | "ragged". mesh: a Mesh with an "expert" axis →
+    expert-parallel (``parallel.py``; quantized experts work there too). layer: this layer's index (may
+    be traced) for per-layer hooks. with_router_outputs: also return the router logits and the top-k
+    experts / weights in the stats. ep_path (with a mesh): "auto" | "psum"
     (decode: every expert shard sees all tokens) | "all_to_all" (prefill: fixed worst-case capacity).
     stacked: the params carry a leading layer axis (router [L, H, E], gate_up [L, E, H, 2I], ...) and
     ``layer`` picks the layer. The decoder scan uses this so that decode reads only the selected experts
@@ -71,8 +74,7 @@ def moe_block(
         # index [layer * E + expert] in the flattened stack: only the chosen experts are read
         E = gate_up.shape[1]
         offset = jnp.asarray(layer, jnp.int32) * E
-        y = fn(xf, r.weights, r.experts + offset, r.slot_valid, gate_up.reshape(-1, *gate_up.shape[2:]),
-               down.reshape(-1, *down.shape[2:]))
+        y = fn(xf, r.weights, r.experts + offset, r.slot_valid, merge_leading(gate_up), merge_leading(down))
     else:
         if stacked:
             gate_up, down = _take_layer(gate_up, layer), _take_layer(down, layer)
@@ -83,8 +85,9 @@ def moe_block(
     return y.reshape(*lead, H).astype(x.dtype), stats
 
 
-def _take_layer(a: jax.Array, layer) -> jax.Array:
-    return jax.lax.dynamic_index_in_dim(a, jnp.asarray(layer, jnp.int32), 0, keepdims=False)
+def _take_layer(a, layer):
+    """Layer ``layer`` of a stacked param (a plain array or a ``QuantizedWeight``)."""
+    return take_leading(a, layer)
 
 
 def _layer_params(params: dict, layer) -> tuple[dict, jax.Array, jax.Array]:

@@ -1,4 +1,8 @@
-"""The per-expert SwiGLU and the weighted combination shared by the dispatch backends.
+"""The per-expert SwiGLU, the weighted combination and the expert-weight access shared by the dispatch backends.
+
+Expert weights are plain arrays or ``omni_jax.quant.QuantizedWeight`` (weight-only INT8 / INT4): the backends
+read them only through ``expert_weight`` (one expert, dynamic index, then cast or dequantize) and
+``all_expert_weights`` (the whole stack: dense oracle, ragged_dot).
 
 bf16 numerics follow the reference's rounding points exactly (bit-for-bit on CPU against HF's eager bf16
 experts): silu in fp32 rounded once, then every product and every accumulation step rounded to the
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from omni_jax.quant.weights import as_float, take_leading
 
 
 def round_to_dtype(x: jax.Array, dtype) -> jax.Array:
@@ -55,3 +61,14 @@ def combine(per_slot: jax.Array, weights: jax.Array, experts: jax.Array) -> jax.
     for k in range(1, terms.shape[1]):  # K is small (≤ num_experts, 8 in the real model)
         acc = round_to_dtype(acc + terms[:, k], dtype)
     return acc
+
+
+def expert_weight(w, e, dtype) -> jax.Array:
+    """Expert ``e``'s weight [in, out] from a stack w [E, in, out] in ``dtype``: a dynamic index, then a cast
+    (plain array) or a dequantization of that one expert's integers and scales (``QuantizedWeight``)."""
+    return as_float(take_leading(w, e), dtype)
+
+
+def all_expert_weights(w, dtype) -> jax.Array:
+    """The whole stack w [E, in, out] in ``dtype`` (dequantized when it is a ``QuantizedWeight``)."""
+    return as_float(w, dtype)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from omni_jax.moe.experts import combine, swiglu
+from omni_jax.moe.experts import combine, expert_weight, swiglu
 
 
 def gather_moe(x, weights, experts, valid, gate_up, down):
@@ -21,9 +21,7 @@ def gather_moe(x, weights, experts, valid, gate_up, down):
 
     def one(args):
         xr, e = args
-        wg = jax.lax.dynamic_index_in_dim(gate_up, e, 0, keepdims=False).astype(x.dtype)
-        wd = jax.lax.dynamic_index_in_dim(down, e, 0, keepdims=False).astype(x.dtype)
-        return swiglu(xr[None] @ wg) @ wd
+        return swiglu(xr[None] @ expert_weight(gate_up, e, x.dtype)) @ expert_weight(down, e, x.dtype)
 
     y = jax.lax.map(one, (rows, experts.reshape(-1)))  # [T·K, 1, H]
     return combine(y.reshape(T, K, -1), weights, experts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from omni_jax.moe.experts import combine, swiglu
+from omni_jax.moe.experts import all_expert_weights, combine, swiglu
 
 
 def sort_by_expert(experts, valid, num_experts):
@@ -25,8 +25,8 @@ def ragged_moe(x, weights, experts, valid, gate_up, down):
     E = gate_up.shape[0]
     order, _, sizes = sort_by_expert(experts, valid, E)
     xs = jnp.take(x, order // K, axis=0)  # [T·K, H]
-    h = jax.lax.ragged_dot(xs, gate_up.astype(x.dtype), sizes)
-    y_sorted = jax.lax.ragged_dot(swiglu(h), down.astype(x.dtype), sizes)
+    h = jax.lax.ragged_dot(xs, all_expert_weights(gate_up, x.dtype), sizes)
+    y_sorted = jax.lax.ragged_dot(swiglu(h), all_expert_weights(down, x.dtype), sizes)
     in_a_group = jnp.arange(T * K) < jnp.sum(sizes)  # rows past the groups are unspecified: zero them
     y_sorted = jnp.where(in_a_group[:, None], y_sorted, 0)
     y = jnp.zeros_like(y_sorted).at[order].set(y_sorted).reshape(T, K, -1)

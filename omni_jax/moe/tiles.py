@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from omni_jax.moe.experts import combine, swiglu
+from omni_jax.moe.experts import combine, expert_weight, swiglu
 from omni_jax.moe.ragged import sort_by_expert
 
 
@@ -64,9 +64,7 @@ def tiles_moe(x, weights, experts, valid, gate_up, down, *, tile: int | None = N
         j, xt, e = inp
 
         def compute(_):
-            wg = jax.lax.dynamic_index_in_dim(gate_up, e, 0, keepdims=False).astype(x.dtype)
-            wd = jax.lax.dynamic_index_in_dim(down, e, 0, keepdims=False).astype(x.dtype)
-            return swiglu(xt @ wg) @ wd
+            return swiglu(xt @ expert_weight(gate_up, e, x.dtype)) @ expert_weight(down, e, x.dtype)
 
         y = jax.lax.cond(j < used_tiles, compute, lambda _: jnp.zeros((tile, H), x.dtype), None)
         return carry, y
