@@ -138,18 +138,55 @@ class OmniModel:
             r.extras.update(timing)
         return results[0] if single else results
 
+    def _run_fused(self, messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker, seed,
+                   use_audio_in_video, image_max_pixels, video_fps, video_max_frames, max_speech_frames,
+                   audio_chunk_frames):
+        import time
+
+        from omni_jax.generation.fused import generate_fused
+        from omni_jax.generation.speech import speaker_id
+
+        single = _is_conversation(messages)
+        conversations = [messages] if single else list(messages)
+        speech = self.has_talker if speech is None else speech
+        if speech and not self.has_talker:
+            raise ValueError(f"{self.directory}: this checkpoint has no talker, it cannot produce speech")
+        sid = speaker_id(self.cfg, speaker) if speech else None
+        t0 = time.perf_counter()
+        prompt = self._prepare(conversations, use_audio_in_video, image_max_pixels, video_fps, video_max_frames)
+        eos = {self.cfg.im_end_token_id}
+        res = generate_fused(self.cfg, self.params, prompt, max_new_tokens, thinker_sampling or SamplingConfig.greedy(),
+                             eos, speech=speech, speaker_id=sid, talker_sampling=talker_sampling,
+                             max_frames=max_speech_frames, seed=seed, chunk_size=audio_chunk_frames, mesh=self.mesh)
+        out = []
+        for i, ids in enumerate(res.tokens):
+            r = GenerationResult(self.tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True),
+                                 ids, extras={"total_s": time.perf_counter() - t0, "fused": True})
+            if speech:
+                r.codec_codes, r.wav, r.sample_rate = res.codes[i], res.wavs[i], res.sample_rate
+            out.append(r)
+        return out[0] if single else out
+
     def generate(self, messages: Sequence, *, max_new_tokens: int = 128, thinker_sampling: SamplingConfig | None = None,
                  talker_sampling=None, speech: bool | None = None, speaker: str = "Ethan", seed: int = 0,
                  use_audio_in_video: bool = False, image_max_pixels: int | None = None,
                  video_fps: float | None = None, video_max_frames: int | None = None,
-                 max_speech_frames: int = 4095, audio_chunk_frames: int = 300):
+                 max_speech_frames: int = 4095, audio_chunk_frames: int = 300, fused: bool = False):
         """One conversation -> GenerationResult; a list of conversations -> list of GenerationResult.
+
+        fused: run the whole Thinker -> Talker -> Code2Wav generation as ONE jitted XLA program
+        (``omni_jax.generation.fused``: same tokens, codes and waveforms, no host round trip per step; no
+        router counts or per-token timing).
 
         thinker_sampling: ``SamplingConfig`` (default greedy); talker_sampling: ``TalkerSampling`` (default:
         the reference's talker defaults; ``TalkerSampling.greedy()`` for deterministic speech).
         speech: None = on when the checkpoint has a Talker. audio_chunk_frames: Code2Wav decodes the codes in
         chunks of this many frames with 25 frames of left context (300 = HF's ``chunked_decode``).
         ``result.extras`` has ``time_to_first_token_s``, ``time_to_first_audio_s`` and ``total_s``."""
+        if fused:
+            return self._run_fused(messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker,
+                                   seed, use_audio_in_video, image_max_pixels, video_fps, video_max_frames,
+                                   max_speech_frames, audio_chunk_frames)
         return self._run(messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker, seed,
                          use_audio_in_video, image_max_pixels, video_fps, video_max_frames, max_speech_frames,
                          audio_chunk_frames)

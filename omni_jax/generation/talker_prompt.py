@@ -234,8 +234,53 @@ def build_talker_prompt(cfg: OmniConfig, talker_params: dict, thinker_embed_tabl
         raise TalkerPromptError(f"records[0].embeds has shape {tuple(prompt_embeds.shape)}, the prompt is {(b, p)}")
     tokens = np.stack([np.asarray(r.tokens) for r in records])  # [steps + 1, B]
     gen = generated_lengths(tokens, thinker_eos_ids)
-    plans = _plan_rows(input_ids, attention_mask, cfg)
+    plan = plan_talker_prompt(cfg, input_ids, attention_mask, speaker_id, media, bucket)
 
+    # generated tokens' embeddings (records 1..), host-concatenated and padded to a bucket
+    steps = len(records) - 1
+    hth = prompt_embeds.shape[-1]
+    gen_embeds = np.zeros((b, round_up(max(steps, 1), GEN_BUCKET), hth), np.asarray(records[0].embeds[:1, :1]).dtype)
+    if steps:
+        gen_embeds[:, :steps] = np.concatenate([np.asarray(r.embeds) for r in records[1:]], axis=1)
+    trail_len = np.maximum(gen - 1, 1).astype(np.int32)  # g2 .. g_{n-1} (n - 2 entries) + Eos
+    t_width = round_up(int(trail_len.max()), TRAILING_BUCKET)
+    embeds, trailing, pad = assemble_talker_prompt(plan, talker_params, thinker_embed_table, prompt_embeds,
+                                                   records[0].taps[tap_key] if plan.has_mm else None, gen_embeds,
+                                                   gen.astype(np.int32), t_width)
+    return plan.prompt(embeds, trailing, trail_len, pad)
+
+
+@dataclass
+class TalkerPlan:
+    """Everything about a talker prompt that depends on the Thinker prompt only (computed on the host before
+    generation, so the rest can run inside a jitted function)."""
+
+    cols: np.ndarray  # [B, W] prompt columns of the user parts, right-aligned
+    valid: np.ndarray  # [B, W] bool
+    mm: np.ndarray  # [B, W] bool: multimodal placeholder positions
+    head_cols: np.ndarray  # [B, 3] columns of <|im_start|> assistant \n
+    ids: np.ndarray  # [B, W + 9] talker input ids
+    mask: np.ndarray  # [B, W + 9]
+    position_ids: np.ndarray  # [3, B, W + 9]
+    special_ids: np.ndarray  # [3] tts_bos, tts_eos, tts_pad
+    codec_ids: np.ndarray  # [6] the codec specials and the speaker
+
+    @property
+    def has_mm(self) -> bool:
+        return bool(self.mm.any())
+
+    def prompt(self, embeds, trailing, trail_len, pad) -> TalkerPrompt:
+        pos = self.position_ids
+        return TalkerPrompt(embeds, self.mask, pos, self.ids, trailing, np.asarray(trail_len, np.int32), pad,
+                            (pos[0, :, -1] + 1).astype(np.float32))
+
+
+def plan_talker_prompt(cfg: OmniConfig, input_ids: np.ndarray, attention_mask: np.ndarray, speaker_id: int,
+                       media: TalkerMedia | None = None, bucket: int = PROMPT_BUCKET) -> TalkerPlan:
+    t = cfg.talker
+    input_ids, attention_mask = np.asarray(input_ids), np.asarray(attention_mask)
+    b = input_ids.shape[0]
+    plans = _plan_rows(input_ids, attention_mask, cfg)
     # user parts, right-aligned in a bucketed width (the talker prompt is that + 9 positions)
     n_user = max(len(pl.user_cols) for pl in plans)
     width = round_up(n_user + ASSISTANT_POSITIONS, bucket) - ASSISTANT_POSITIONS
@@ -249,26 +294,26 @@ def build_talker_prompt(cfg: OmniConfig, talker_params: dict, thinker_embed_tabl
     mm = np.isin(user_ids, [cfg.thinker.audio_token_id, cfg.thinker.image_token_id, cfg.thinker.video_token_id])
     mm &= valid
     head_cols = np.asarray([[pl.assistant_col + k for k in range(3)] for pl in plans], np.int32)
-
-    # generated tokens' embeddings (records 1..), host-concatenated and padded to a bucket
-    steps = len(records) - 1
-    hth = prompt_embeds.shape[-1]
-    gen_embeds = np.zeros((b, round_up(max(steps, 1), GEN_BUCKET), hth), np.asarray(records[0].embeds[:1, :1]).dtype)
-    if steps:
-        gen_embeds[:, :steps] = np.concatenate([np.asarray(r.embeds) for r in records[1:]], axis=1)
-    trail_len = np.maximum(gen - 1, 1).astype(np.int32)  # g2 .. g_{n-1} (n - 2 entries) + Eos
-    t_width = round_up(int(trail_len.max()), TRAILING_BUCKET)
-    trail_src = np.clip(np.arange(t_width) + 1, 0, gen_embeds.shape[1] - 1).astype(np.int32)
-
-    special_ids = np.asarray([cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id], np.int32)
-    codec_ids = np.asarray([t.codec_nothink_id, t.codec_think_bos_id, t.codec_think_eos_id, speaker_id,
-                            t.codec_pad_id, t.codec_bos_id], np.int32)
-    has_mm = bool(mm.any())
-    embeds, trailing, pad = _assemble(talker_params, thinker_embed_table, special_ids, codec_ids, prompt_embeds,
-                                      records[0].taps[tap_key] if has_mm else None, gen_embeds, cols, valid, mm,
-                                      head_cols, gen.astype(np.int32), trail_src, trail_len, has_mm=has_mm)
-
     ids = np.concatenate([user_ids, np.full((b, ASSISTANT_POSITIONS), cfg.tts_pad_token_id)], axis=1).astype(np.int32)
     mask = np.concatenate([valid, np.ones((b, ASSISTANT_POSITIONS), bool)], axis=1).astype(np.int32)
     pos = talker_positions(ids, mask, cfg, media)
-    return TalkerPrompt(embeds, mask, pos, ids, trailing, trail_len, pad, (pos[0, :, -1] + 1).astype(np.float32))
+    special_ids = np.asarray([cfg.tts_bos_token_id, cfg.tts_eos_token_id, cfg.tts_pad_token_id], np.int32)
+    codec_ids = np.asarray([t.codec_nothink_id, t.codec_think_bos_id, t.codec_think_eos_id, speaker_id,
+                            t.codec_pad_id, t.codec_bos_id], np.int32)
+    return TalkerPlan(cols, valid, mm, head_cols, ids, mask, pos, special_ids, codec_ids)
+
+
+def assemble_talker_prompt(plan: TalkerPlan, talker_params: dict, thinker_embed_table, prompt_embeds, prompt_hidden,
+                           gen_embeds, gen_len, t_width: int, has_mm: bool | None = None):
+    """(embeds [B, W + 9, H], trailing [B, t_width, H], tts_pad [H]); traceable (works inside jit).
+
+    gen_embeds [B, S, Hth]: the Thinker's input embeddings of its generated tokens g1, g2, ...; gen_len [B]:
+    generated tokens per row up to and including the first EOS. has_mm: ``plan.has_mm`` (pass it when the plan's
+    arrays are traced)."""
+    has_mm = plan.has_mm if has_mm is None else has_mm
+    trail_len = jnp.maximum(gen_len - 1, 1).astype(jnp.int32)
+    trail_src = np.clip(np.arange(t_width) + 1, 0, gen_embeds.shape[1] - 1).astype(np.int32)
+    return _assemble(talker_params, thinker_embed_table, plan.special_ids, plan.codec_ids, prompt_embeds,
+                     prompt_hidden, gen_embeds, plan.cols, plan.valid, plan.mm, plan.head_cols, gen_len, trail_src,
+                     trail_len, has_mm=has_mm)
+

@@ -1,0 +1,224 @@
+"""The whole Thinker -> Talker -> Code2Wav generation as ONE jitted pure function of (parameters, inputs).
+
+``fused_generate`` compiles a single XLA program per shape bucket: the Thinker's prefill and its decode loop
+(``lax.while_loop``, stopping when every row has emitted an EOS), the talker prompt assembled from the
+Thinker's outputs, the Talker's prefill and frame loop (code predictor inside; stops at every row's codec
+EOS), and Code2Wav's chunked decode of the codes. Static: the configs, routing options, sampling settings,
+``max_new_tokens``, ``max_frames`` and the padded prompt shapes; everything else is traced. What depends on
+the prompt alone (tokenizing, media preprocessing and encoders, the talker prompt's row plan and position ids)
+is prepared on the host before the call, as inputs; cutting each row's waveform to its length happens after.
+
+It gives exactly what the streaming engine (``ThinkerEngine.stream`` + ``speak``) gives — same tokens, codes and
+waveform — without the host round trip per step; streaming needs the step-by-step engine, this is for batch
+throughput. ``generate_fused`` is the host wrapper.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omni_jax.config import OmniConfig
+from omni_jax.generation import talker_engine as te
+from omni_jax.generation import thinker_engine as th
+from omni_jax.generation.sampling import SamplingConfig, sample
+from omni_jax.generation.talker_prompt import (GEN_BUCKET, TRAILING_BUCKET, TalkerMedia, TalkerPlan,
+                                               assemble_talker_prompt, plan_talker_prompt)
+from omni_jax.models import thinker_text
+from omni_jax.models.code2wav import _decode_window, total_upsample, wav_length
+from omni_jax.models.decoder import KVCache, StackOptions
+
+
+@dataclass
+class FusedResult:
+    tokens: list[list[int]]  # per row, up to and including the first EOS
+    codes: list[np.ndarray] | None  # per row [frames, 16]
+    wavs: list[np.ndarray] | None  # per row float32
+    sample_rate: int = 24_000
+
+
+def _thinker_loop(params, cfg: OmniConfig, opts: StackOptions, sampling: SamplingConfig, eos_ids: tuple, n_new: int,
+                  cache_size: int, embeds, position_ids, attention_mask, deepstack, input_ids, rope_deltas, seed):
+    """ThinkerEngine.stream as a while_loop: tokens [N, B] (-1 past the end), prompt tap, step count."""
+    tcfg = cfg.thinker.text
+    b = embeds.shape[0]
+    cache = KVCache.create(tcfg, b, cache_size, embeds.dtype)
+    logits, cache, _, taps = th._prefill(params, tcfg, opts, embeds, position_ids, attention_mask, cache, deepstack)
+    key = jax.random.key(seed)
+    seen = jnp.zeros((b, tcfg.vocab_size), bool)
+    if sampling.repetition_penalty != 1.0:
+        seen = seen.at[jnp.arange(b)[:, None], input_ids].set(attention_mask.astype(bool))
+    key, sub = jax.random.split(key)
+    tokens = sample(logits, sub, sampling, seen=seen)
+    positions = (attention_mask.sum(-1) + rope_deltas).astype(jnp.float32)
+    eos = jnp.asarray(eos_ids, jnp.int32)
+    buf = jnp.full((n_new, b), -1, jnp.int32).at[0].set(tokens)
+    done = jnp.isin(tokens, eos)
+
+    def cond(state):
+        step, _, _, _, _, _, done, _ = state
+        return (step < n_new - 1) & ~jnp.all(done)
+
+    def body(state):
+        step, tokens, cache, seen, positions, key, done, buf = state
+        seen = seen.at[jnp.arange(b), tokens].set(True)
+        logits, cache, _, _, _ = th._step(params, tcfg, opts, tokens, positions, cache)
+        key, sub = jax.random.split(key)
+        tokens = sample(logits, sub, sampling, seen=seen)
+        buf = buf.at[step + 1].set(tokens)
+        return step + 1, tokens, cache, seen, positions + 1, key, done | jnp.isin(tokens, eos), buf
+
+    state = (jnp.asarray(0), tokens, cache, seen, positions, key, done, buf)
+    steps, *_, buf = jax.lax.while_loop(cond, body, state)
+    return buf, taps, steps + 1
+
+
+def _gen_lengths(buf, n_records, eos_ids):
+    """Per row: tokens up to and including the first EOS, else every record (as ``generated_lengths``)."""
+    is_eos = jnp.isin(buf, jnp.asarray(eos_ids, jnp.int32)) & (jnp.arange(buf.shape[0])[:, None] < n_records)
+    return jnp.where(is_eos.any(0), jnp.argmax(is_eos, 0) + 1, n_records).astype(jnp.int32)
+
+
+def _talker_loop(params, cfg, opts, sampling, max_frames: int, cache_size: int, embeds, position_ids, attention_mask,
+                 next_position, trailing, trail_len, pad, seeds):
+    """TalkerEngine.stream as a while_loop: frames [F, B, 16] and valid [F, B]."""
+    b = embeds.shape[0]
+    cache = KVCache.create(cfg.text, b, cache_size, embeds.dtype)
+    c0, hidden, cache, _ = te._prefill(params, cfg, opts, sampling, embeds, position_ids, attention_mask, cache, seeds)
+    eos = cfg.codec_eos_token_id
+    seen = jnp.zeros((b, cfg.text.vocab_size), bool)
+    frames = jnp.zeros((max_frames, b, cfg.num_code_groups), jnp.int32)
+    valid = jnp.zeros((max_frames, b), bool)
+
+    def cond(state):
+        s, _, _, _, _, done, _, _ = state
+        return (s < max_frames) & ~jnp.all(done)
+
+    def body(state):
+        s, c0, hidden, seen, cache, done, frames, valid = state
+        active = ~done
+        frame, c0, hidden, seen, cache, _, _ = te._step(params, cfg, opts, sampling, s, c0, hidden, active, seen,
+                                                        next_position + s, trailing, trail_len, pad, cache, seeds)
+        frames = frames.at[s].set(frame)
+        valid = valid.at[s].set(active)
+        return s + 1, c0, hidden, seen, cache, done | (c0 == eos), frames, valid
+
+    state = (jnp.asarray(0, jnp.int32), c0, hidden, seen, cache, c0 == eos, frames, valid)
+    *_, frames, valid = jax.lax.while_loop(cond, body, state)
+    return frames, valid
+
+
+def _code2wav_chunks(params, codes, cfg, chunk_size: int, left_context: int):
+    """codes [B, Q, F] -> per chunk the decoded samples [B, wav_length(left_context + chunk_size)] (static
+    windows, right-padded; the host keeps each row's prefix: the decoder is prefix-consistent)."""
+    f = codes.shape[-1]
+    size = left_context + chunk_size
+    out = []
+    for start in range(0, f, chunk_size):
+        ctx = min(left_context, start)
+        window = codes[..., start - ctx: min(start + chunk_size, f)]
+        window = jnp.pad(window, ((0, 0), (0, 0), (0, size - window.shape[-1])))
+        out.append(_decode_window(params, window, cfg))
+    return jnp.stack(out)  # [chunks, B, samples]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "thinker_opts", "talker_opts", "sampling", "talker_sampling",
+                                             "eos_ids", "n_new", "max_frames", "cache_size", "talker_cache_size",
+                                             "speech", "chunk_size", "left_context", "has_mm"))
+def fused_generate(params, cfg: OmniConfig, thinker_opts: StackOptions, talker_opts: StackOptions,
+                   sampling: SamplingConfig, talker_sampling, eos_ids: tuple, n_new: int, max_frames: int,
+                   cache_size: int, talker_cache_size: int, speech: bool, chunk_size: int, left_context: int,
+                   has_mm: bool, embeds, position_ids, attention_mask, deepstack, input_ids, rope_deltas, seed,
+                   plan: dict, talker_seeds):
+    """One XLA program: Thinker loop -> talker prompt -> Talker loop -> Code2Wav (see the module docstring)."""
+    text = params["thinker"]["text"]
+    buf, taps, n_records = _thinker_loop(text, cfg, thinker_opts, sampling, eos_ids, n_new, cache_size, embeds,
+                                         position_ids, attention_mask, deepstack, input_ids, rope_deltas, seed)
+    out = {"tokens": buf, "records": n_records}
+    if not speech:
+        return out
+    gen_len = _gen_lengths(buf, n_records, eos_ids)
+    width = th.round_up(max(n_new - 1, 1), GEN_BUCKET)
+    gen_embeds = thinker_text.embed_tokens(text, jnp.maximum(buf.T, 0))  # g1, g2, ... (only fed ones are read)
+    gen_embeds = jnp.pad(gen_embeds, ((0, 0), (0, width - n_new if width > n_new else 0), (0, 0)))[:, :width]
+    t_plan = TalkerPlan(**plan)
+    t_width = th.round_up(max(n_new, 1), TRAILING_BUCKET)
+    tap = taps[f"tap_{cfg.talker.accept_hidden_layer - 1}"] if has_mm else None
+    t_embeds, trailing, pad = assemble_talker_prompt(t_plan, params["talker"], text["embed"], embeds, tap,
+                                                     gen_embeds, gen_len, t_width, has_mm=has_mm)
+    trail_len = jnp.maximum(gen_len - 1, 1).astype(jnp.int32)
+    next_position = (t_plan.position_ids[0, :, -1] + 1).astype(jnp.float32)
+    frames, valid = _talker_loop(params["talker"], cfg.talker, talker_opts, talker_sampling, max_frames,
+                                 talker_cache_size, t_embeds.astype(embeds.dtype), t_plan.position_ids,
+                                 t_plan.mask, next_position, trailing.astype(embeds.dtype), trail_len,
+                                 pad.astype(embeds.dtype), talker_seeds)
+    codes = jnp.transpose(frames, (1, 2, 0))  # [B, Q, F]
+    out.update(frames=frames, valid=valid,
+               chunks=_code2wav_chunks(params["code2wav"], codes, cfg.code2wav, chunk_size, left_context))
+    return out
+
+
+def compile_count() -> int:
+    return fused_generate._cache_size()
+
+
+def generate_fused(cfg: OmniConfig, params: dict, prompt, max_new_tokens: int, sampling: SamplingConfig,
+                   eos_ids, *, speech: bool = True, speaker_id: int | None = None, talker_sampling=None,
+                   max_frames: int = 4095, seed: int = 0, chunk_size: int = 300, left_context: int = 25,
+                   media: TalkerMedia | None = None, mesh=None) -> FusedResult:
+    """Host wrapper: plan the talker prompt, run ``fused_generate`` once, cut tokens and waveforms per row.
+
+    prompt: the Thinker's ``PreparedPrompt``; the talker row ``b`` samples with ``seed + b`` (as ``speak``)."""
+    tcfg = cfg.thinker.text
+    eos = tuple(sorted(int(e) for e in eos_ids))
+    cache_size = th.cache_size_for(tcfg, prompt.length, max_new_tokens)
+    taps = (cfg.talker.accept_hidden_layer - 1,) if speech else ()
+    thinker_opts = StackOptions.uniform(tcfg, taps=taps, mesh=mesh)
+    embeds = prompt.inputs_embeds
+    if embeds is None:
+        embeds = th._embed(params["thinker"]["text"], jnp.asarray(prompt.input_ids))
+    b = prompt.batch
+    plan, talker_opts, talker_cache, has_mm = {}, None, 0, False
+    if speech:
+        if media is None:
+            extras = prompt.extras or {}
+            media = TalkerMedia.from_source(extras.get("media", extras))
+        p = plan_talker_prompt(cfg, prompt.input_ids, prompt.attention_mask, speaker_id, media)
+        has_mm = p.has_mm
+        plan = {k: jnp.asarray(v) for k, v in vars(p).items()}
+        talker_opts = StackOptions.uniform(cfg.talker.text, mesh=mesh)
+        talker_cache = th.round_up(p.mask.shape[1] + max_frames + 1, th.CACHE_BUCKET)
+    out = fused_generate(params, cfg, thinker_opts, talker_opts, sampling, talker_sampling or te.TalkerSampling(),
+                         eos, max_new_tokens, max_frames, cache_size, talker_cache, speech, chunk_size, left_context,
+                         has_mm, embeds, jnp.asarray(prompt.position_ids), jnp.asarray(prompt.attention_mask),
+                         prompt.deepstack, jnp.asarray(prompt.input_ids), jnp.asarray(prompt.rope_deltas),
+                         jnp.asarray(seed, jnp.uint32), plan, jnp.arange(seed, seed + b, dtype=jnp.uint32))
+    buf = np.asarray(out["tokens"])[: int(out["records"])]
+    tokens = []
+    for i in range(b):
+        row = []
+        for t in buf[:, i]:
+            row.append(int(t))
+            if int(t) in eos:
+                break
+        tokens.append(row)
+    if not speech:
+        return FusedResult(tokens, None, None)
+    frames, valid = np.asarray(out["frames"]), np.asarray(out["valid"])
+    chunks = np.asarray(out["chunks"], np.float32)  # [chunks, B, samples]
+    first = total_upsample(cfg.code2wav)
+    codes, wavs = [], []
+    for i in range(b):
+        c = frames[valid[:, i], i]
+        codes.append(c.astype(np.int32))
+        pieces = []
+        for k, start in enumerate(range(0, len(c), chunk_size)):
+            ctx = min(left_context, start)
+            n = min(chunk_size, len(c) - start)
+            pieces.append(chunks[k, i, ctx * first: ctx * first + wav_length(n, cfg.code2wav)])
+        wavs.append(np.concatenate(pieces) if pieces else np.zeros(0, np.float32))
+    return FusedResult(tokens, codes, wavs)
