@@ -10,6 +10,7 @@ weights on both sides (HF builds the model, it is saved as a checkpoint, omni_ja
 Thinker and Talker, one text prompt, batch 1. Timed after one warm-up run (compilation is reported apart).
 - omni_jax: ``omni_jax.load(dir).stream(...)`` with ``--audio-chunk`` frames per audio piece: time to the first
   text token, to the first audio piece, Thinker tokens/s, talker frames/s, total;
+- omni_jax fused: ``generate(..., fused=True)``, the whole generation as one jitted XLA program (no streaming);
 - HF: ``model.generate(..., return_audio=True)`` total (it has no streaming: its first audio is its total),
   ``model.thinker.generate`` for tokens/s and time to first token (max_new_tokens=1).
 The machine's limit for decode is the weight bytes read per token / memory bandwidth (measured here).
@@ -100,6 +101,11 @@ def time_ours(directory: Path, new_tokens: int, frames: int, chunk: int) -> dict
     list(model.stream(msgs, **kw))  # warm-up: compiles every bucket this run uses
     compile_s = time.perf_counter() - t0
     res = [e for e in model.stream(msgs, **kw) if e["type"] == "result"][0]["result"]
+    fkw = dict(kw, audio_chunk_frames=300)
+    model.generate(msgs, fused=True, **fkw)  # warm-up (compiles the one program)
+    t0 = time.perf_counter()
+    fres = model.generate(msgs, fused=True, **fkw)
+    fused_s = time.perf_counter() - t0
     t = res.extras
     n = len(res.token_ids)
     n_frames = 0 if res.codec_codes is None else len(res.codec_codes)
@@ -108,7 +114,7 @@ def time_ours(directory: Path, new_tokens: int, frames: int, chunk: int) -> dict
                 time_to_first_token_s=t["time_to_first_token_s"], time_to_first_audio_s=t["time_to_first_audio_s"],
                 frames=n_frames, frames_per_s=n_frames / talker_s if talker_s > 0 else None,
                 audio_s=0 if res.wav is None else res.wav.size / 24_000, warmup_with_compile_s=compile_s,
-                token_ids=res.token_ids)
+                token_ids=res.token_ids, fused_total_s=fused_s, fused_same_tokens=fres.token_ids == res.token_ids)
 
 
 def decode_limit_ms(directory: Path) -> float:
@@ -168,6 +174,8 @@ def main(argv=None) -> dict:
             share = f"{(1e3 / a) and (limit / (1e3 / a)) * 100:.0f}% of bw floor" if key == "tokens_per_s" else ""
             rows.append([size, name, a, b, (a / b if key == "tokens_per_s" else b / a) if a and b else None, share])
         rows.append([size, "talker frames/s", ours["frames_per_s"], None, None, f"{ours['frames']} frames"])
+        rows.append([size, "fused (one jitted program) total s", ours["fused_total_s"], theirs["total_s"],
+                     theirs["total_s"] / ours["fused_total_s"], "no streaming"])
     print_table(f"end-to-end generate, fp32, greedy, {args.new_tokens} tokens + {args.frames} frames "
                 "(speedup > 1: omni_jax faster)", ["size", "metric", "omni_jax", "HF", "speedup", "note"], rows)
     if args.json:
