@@ -116,9 +116,11 @@ def _code2wav_chunks(params, codes, cfg, chunk_size: int, left_context: int):
     """codes [B, Q, F] -> per chunk the decoded samples [B, wav_length(left_context + chunk_size)] (static
     windows, right-padded; the host keeps each row's prefix: the decoder is prefix-consistent)."""
     f = codes.shape[-1]
-    size = left_context + chunk_size
+    starts = range(0, f, chunk_size)
+    # the widest window any chunk needs (HF's windows are never wider than the frames there are)
+    size = max(min(left_context, s) + min(chunk_size, f - s) for s in starts)
     out = []
-    for start in range(0, f, chunk_size):
+    for start in starts:
         ctx = min(left_context, start)
         window = codes[..., start - ctx: min(start + chunk_size, f)]
         window = jnp.pad(window, ((0, 0), (0, 0), (0, size - window.shape[-1])))

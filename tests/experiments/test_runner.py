@@ -107,3 +107,16 @@ def test_bad_experiment_file_is_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "omni_jax.experiments", "run", str(unknown)], capture_output=True,
                           text=True)
     assert proc.returncode == 1 and "unknown experiment kind 'nope'" in proc.stderr
+
+
+def test_runs_are_reproducible(tiny_ckpt, tmp_path):
+    """The same experiment file twice: every metric but the timings is identical."""
+    exp = write_experiment(tmp_path / "again.toml", "routing",
+                           {"routing": {"thinker_top_k": [4, 1], "top_p_matched": True, "talker_top_k": []}},
+                           seed=7)
+    from omni_jax.experiments.runner import run_experiment
+
+    runs = [run_experiment(exp, tiny_ckpt, tmp_path / f"out{i}", progress=False, log=lambda m: None)[1]
+            for i in range(2)]
+    strip = [[{k: v for k, v in r.items() if not k.startswith("ms_")} for r in rows] for rows in runs]
+    assert strip[0] == strip[1] and len(strip[0]) == 4
