@@ -283,11 +283,12 @@ decode_jit = jax.jit(decode, static_argnames=("cfg",))
 # --------------------------------------------------------------------------------------------- streaming
 
 def _decode_window(params: dict, window: jax.Array, cfg: Code2WavConfig) -> jax.Array:
-    """Decode a window of static shape [B, Q, left_context + chunk_size]: one compilation serves every chunk."""
+    """Decode a window of static shape [B, Q, n] (n: see ``Code2WavStreamer``): one compilation per width."""
     return decode(params, window, cfg)
 
 
 _decode_window_jit = jax.jit(_decode_window, static_argnames=("cfg",))
+WINDOW_BUCKET = 32  # frames: short windows are padded to a multiple of this (at most left_context + chunk_size)
 
 
 class Code2WavStreamer:
@@ -296,8 +297,9 @@ class Code2WavStreamer:
     Every ``chunk_size`` new frames are decoded together with up to ``left_context`` earlier frames (HF's rule:
     ``context = min(left_context, start)``) and the context's samples are dropped, so the pieces are exactly the
     ones HF's ``chunked_decode`` concatenates. Every decode runs one jitted function on a window of static shape
-    [B, Q, left_context + chunk_size] (short windows are right-padded; the decoder is prefix-consistent, see the
-    module docstring) returning a static [B, wav_length(left_context + chunk_size)] array; the piece (after the
+    [B, Q, min(left_context + chunk_size, frames rounded up to WINDOW_BUCKET)] (short windows are right-padded;
+    a few widths to compile at most; the decoder is prefix-consistent, see the
+    module docstring) returning a [B, wav_length(width)] array; the piece (after the
     context's samples, as long as the chunk's frames give) is cut from it on the host.
     """
 
@@ -314,7 +316,9 @@ class Code2WavStreamer:
         start = self._start
         context = min(self.left_context, start)
         window = self._frames[..., start - context - self._offset: end - self._offset]
-        size = self.left_context + self.chunk_size
+        # a window of left_context + chunk_size frames, or (a short utterance's last piece) the frames there are
+        # rounded up to WINDOW_BUCKET: few shapes to compile, and a 1 s answer does not decode 26 s of padding
+        size = min(self.left_context + self.chunk_size, -(-window.shape[-1] // WINDOW_BUCKET) * WINDOW_BUCKET)
         pad = size - window.shape[-1]
         window = np.pad(window, ((0, 0), (0, 0), (0, pad)))
         wav = np.asarray(_decode_window_jit(self.params, jnp.asarray(window, jnp.int32), cfg=self.cfg))
