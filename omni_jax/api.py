@@ -66,6 +66,19 @@ class OmniModel:
         batch = self.processor(list(conversations), options)
         return prepare_prompt(self.params["thinker"], self.cfg, batch)
 
+    def _check(self, messages, speech, speaker):
+        """(single, conversations, speech on, speaker codec id or None); fails early on bad speech requests."""
+        single = _is_conversation(messages)
+        conversations = [messages] if single else list(messages)
+        speech = self.has_talker if speech is None else speech
+        if speech and not self.has_talker:
+            raise ValueError(f"{self.directory}: this checkpoint has no talker, it cannot produce speech")
+        if not speech:
+            return single, conversations, False, None
+        from omni_jax.generation.speech import speaker_id
+
+        return single, conversations, True, speaker_id(self.cfg, speaker)
+
     def _run(self, messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker, seed,
              use_audio_in_video, image_max_pixels, video_fps, video_max_frames, max_speech_frames=4095,
              audio_chunk_frames=300, on_text=None, on_audio=None):
@@ -76,15 +89,7 @@ class OmniModel:
         from omni_jax.generation.thinker_engine import ThinkerEngine
         from omni_jax.models.decoder import StackOptions
 
-        single = _is_conversation(messages)
-        conversations = [messages] if single else list(messages)
-        speech = self.has_talker if speech is None else speech
-        if speech and not self.has_talker:
-            raise ValueError(f"{self.directory}: this checkpoint has no talker, it cannot produce speech")
-        if speech:
-            from omni_jax.generation.speech import speaker_id
-
-            speaker_id(self.cfg, speaker)
+        single, conversations, speech, _ = self._check(messages, speech, speaker)
         prompt = self._prepare(conversations, use_audio_in_video, image_max_pixels, video_fps, video_max_frames)
         text_cfg = self.cfg.thinker.text
         taps = (self.cfg.talker.accept_hidden_layer - 1,) if speech else ()
@@ -144,14 +149,8 @@ class OmniModel:
         import time
 
         from omni_jax.generation.fused import generate_fused
-        from omni_jax.generation.speech import speaker_id
 
-        single = _is_conversation(messages)
-        conversations = [messages] if single else list(messages)
-        speech = self.has_talker if speech is None else speech
-        if speech and not self.has_talker:
-            raise ValueError(f"{self.directory}: this checkpoint has no talker, it cannot produce speech")
-        sid = speaker_id(self.cfg, speaker) if speech else None
+        single, conversations, speech, sid = self._check(messages, speech, speaker)
         t0 = time.perf_counter()
         prompt = self._prepare(conversations, use_audio_in_video, image_max_pixels, video_fps, video_max_frames)
         eos = {self.cfg.im_end_token_id}

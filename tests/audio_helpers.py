@@ -81,23 +81,13 @@ def build_hf_audio_encoder(seed: int = 0, audio_overrides: dict | None = None):
     import torch
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
-    from hf_fixtures import _scale_for, hf_config, tiny_config_dict
+    from hf_fixtures import hf_config, randomize_, tiny_config_dict
 
     cfg = hf_config(tiny_config_dict({"audio": audio_overrides or {}})).thinker_config.audio_config
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     enc = Qwen3OmniMoeAudioEncoder(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in enc.named_parameters():
-            kind, v = _scale_for("thinker.model.audio_tower." + name)
-            if kind == "around_one":
-                p.copy_(1.0 + v * torch.randn(p.shape, generator=gen))
-            elif kind == "normal":
-                p.copy_(v * torch.randn(p.shape, generator=gen))
-            else:
-                fan_in = int(np.prod(p.shape[1:])) if p.ndim > 1 else p.shape[0]
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.5 / np.sqrt(max(fan_in, 1))))
+    randomize_(enc, seed, prefix="thinker.model.audio_tower.")
     return enc.eval()
 
 

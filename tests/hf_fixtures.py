@@ -135,13 +135,15 @@ def _scale_for(name: str) -> tuple[str, float]:
     return "fan_in", 1.0
 
 
-def randomize_(model, seed: int) -> None:
-    """Re-draw every parameter of a HF model with the scales above (deterministic for a seed)."""
+def randomize_(model, seed: int, prefix: str = "") -> None:
+    """Re-draw every parameter of a HF model with the scales above (deterministic for a seed). ``prefix``: the
+    module's place in the whole model (e.g. ``thinker.model.audio_tower.``), for the scale rules."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            name = prefix + name
             kind, v = _scale_for(name)
             if kind == "around_one":
                 p.copy_(1.0 + v * torch.randn(p.shape, generator=gen))

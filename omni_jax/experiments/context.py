@@ -7,7 +7,6 @@ import time
 from functools import cached_property
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.experiments import evaluate as ev

@@ -126,11 +126,20 @@ def evaluate_text_model(params, cfg: TextConfig, opts: StackOptions, eval_set, r
     return metrics
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "opts"))
+def forward_stats(params, cfg: TextConfig, opts: StackOptions, input_ids, attention_mask):
+    """Teacher-forced forward without logits: the stacked MoE stats only (router outputs with
+    ``opts.router_outputs``)."""
+    emb = thinker_text.embed_tokens(params, input_ids)
+    out = thinker_text.text_forward(params, cfg, opts, emb, text_positions(attention_mask), attention_mask,
+                                    logits_at="none")
+    return out["stats"]
+
+
 def router_counts(params, cfg: TextConfig, opts: StackOptions, eval_set, batch_size: int,
                   progress=lambda it, **_: it) -> np.ndarray:
-    """Expert usage [L, E] (processed assignments, padding excluded) over a text set."""
+    """Expert usage [L, E] (processed assignments, padding excluded) over a text set (no logits computed)."""
     counts = np.zeros((cfg.num_layers, cfg.num_experts), np.int64)
     for ids, mask in progress(list(eval_set.batches(batch_size)), desc="router counts"):
-        _, stats = forward_logprobs(params, cfg, opts, jnp.asarray(ids), jnp.asarray(mask))
-        counts += np.asarray(stats.counts, np.int64)
+        counts += np.asarray(forward_stats(params, cfg, opts, jnp.asarray(ids), jnp.asarray(mask)).counts, np.int64)
     return counts

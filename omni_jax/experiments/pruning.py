@@ -22,12 +22,10 @@ import json
 import os
 import shutil
 import tempfile
-from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.config import OmniConfig, TextConfig
@@ -108,22 +106,6 @@ def masked_options(text_cfg: TextConfig, keep_idx: np.ndarray, base=None, **stac
 
 # ------------------------------------------------------------------------------------------- usage
 
-def text_position_ids(attention_mask: np.ndarray) -> np.ndarray:
-    """[3, B, L] int32 text positions for right- or left-padded rows (padding gets position 0)."""
-    m = np.asarray(attention_mask).astype(np.int64)
-    pos = np.maximum(np.cumsum(m, axis=-1) - 1, 0)
-    return np.broadcast_to(pos[None], (3, *m.shape)).astype(np.int32)
-
-
-@partial(jax.jit, static_argnums=(1, 2))
-def _counts_of(text_params, text_cfg, opts, ids, pos, mask):
-    from omni_jax.models import thinker_text
-
-    emb = thinker_text.embed_tokens(text_params, ids)
-    out = thinker_text.text_forward(text_params, text_cfg, opts, emb, pos, mask, logits_at="none")
-    return out["stats"].counts
-
-
 def usage_counts(text_params: dict, text_cfg: TextConfig, input_ids: np.ndarray, attention_mask: np.ndarray, *,
                  batch_size: int = 8, opts=None, progress: Callable[..., Iterable] | None = None
                  ) -> np.ndarray:
@@ -143,21 +125,12 @@ def usage_counts(text_params: dict, text_cfg: TextConfig, input_ids: np.ndarray,
         raise PruningError("calibration set has no unmasked token")
     opts = StackOptions.uniform(text_cfg) if opts is None else opts
 
-    n, s = ids.shape
-    bs = max(1, min(int(batch_size), n))
-    total = np.zeros((text_cfg.num_layers, text_cfg.num_experts), np.int64)
-    starts = range(0, n, bs)
-    if progress is not None:
-        starts = progress(starts, desc="router usage")
-    for i in starts:
-        b_ids = np.zeros((bs, s), np.int32)
-        b_mask = np.zeros((bs, s), np.int32)
-        rows = min(bs, n - i)
-        b_ids[:rows], b_mask[:rows] = ids[i:i + rows], mask[i:i + rows]
-        c = _counts_of(text_params, text_cfg, opts, jnp.asarray(b_ids), jnp.asarray(text_position_ids(b_mask)),
-                       jnp.asarray(b_mask))
-        total += np.asarray(c, np.int64)
-    return total
+    from omni_jax.experiments.evaluate import router_counts
+    from omni_jax.experiments.evalset import EvalSet
+
+    rows = EvalSet([""] * len(ids), ids.astype(np.int32), mask.astype(np.int32), "calibration")
+    progress = progress or (lambda it, **_: it)
+    return router_counts(text_params, text_cfg, opts, rows, max(1, min(int(batch_size), len(ids))), progress)
 
 
 # ------------------------------------------------------------------------------------------ surgery

@@ -13,24 +13,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.experiments.evaluate import text_positions
-from omni_jax.models import thinker_text
+from omni_jax.experiments.evaluate import forward_stats
 from omni_jax.models.decoder import StackOptions
 
 
 def router_probs(text_params, cfg, eval_set, batch_size: int) -> np.ndarray:
     """Sorted (descending) router probabilities of every real token in every layer: [N, E] float32 (N = layers × tokens)."""
     opts = StackOptions.uniform(cfg, router_outputs=True)
-
-    @jax.jit
-    def fwd(params, ids, mask):
-        emb = thinker_text.embed_tokens(params, ids)
-        out = thinker_text.text_forward(params, cfg, opts, emb, text_positions(mask), mask, logits_at="none")
-        return out["stats"].router_logits  # [L, B·T, E]
-
     rows = []
     for ids, mask in eval_set.batches(batch_size):
-        logits = np.asarray(fwd(text_params, jnp.asarray(ids), jnp.asarray(mask)), np.float32)
+        stats = forward_stats(text_params, cfg, opts, jnp.asarray(ids), jnp.asarray(mask))
+        logits = np.asarray(stats.router_logits, np.float32)  # [L, B·T, E]
         keep = np.asarray(mask).reshape(-1).astype(bool)
         p = np.asarray(jax.nn.softmax(jnp.asarray(logits[:, keep]), axis=-1))
         rows.append(-np.sort(-p, axis=-1).reshape(-1, p.shape[-1]))

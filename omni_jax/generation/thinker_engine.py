@@ -72,7 +72,6 @@ def pad_to(prompt: PreparedPrompt, length: int) -> PreparedPrompt:
     extra = length - prompt.length
     if extra <= 0:
         return prompt
-    b = prompt.batch
 
     def lp(a, axis, value):
         widths = [(0, 0)] * a.ndim

@@ -21,6 +21,7 @@ import torch
 from omni_jax.config import OmniConfig
 from omni_jax.experiments import pruning
 from omni_jax.experiments.pruning import PruningError
+from omni_jax.experiments.evaluate import text_positions
 from omni_jax.models import thinker_text
 from omni_jax.models.common import pure_params
 from omni_jax.models.decoder import StackOptions
@@ -56,7 +57,7 @@ def _forward(text_params, text_cfg, opts, ids, pos, mask):
 def forward(text_params, text_cfg, ids, mask, opts=None):
     """(logits, router counts [L, E]); one compilation per (config, options), shared across tests."""
     opts = StackOptions.uniform(text_cfg) if opts is None else opts
-    lg, counts = _forward(text_params, text_cfg, opts, jnp.asarray(ids), jnp.asarray(pruning.text_position_ids(mask)),
+    lg, counts = _forward(text_params, text_cfg, opts, jnp.asarray(ids), text_positions(jnp.asarray(mask)),
                           jnp.asarray(mask))
     return np.asarray(lg), np.asarray(counts)
 

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 from hf_fixtures import hf_config, randomize_, tiny_config_dict
+from component_loading import load_from_hf, param_shapes
 
 from omni_jax.config import OmniConfig
 from omni_jax.models.code2wav import (
@@ -37,24 +37,13 @@ from omni_jax.models.code2wav import (
     wav_length,
 )
 from omni_jax.models.common import pure_params
-from omni_jax.weights.mapping import NameTable, export_tensors, fill_params, flatten, unflatten
+from omni_jax.weights.mapping import NameTable, export_tensors, flatten
 
 TOL = 1e-4
 
 
 # ------------------------------------------------------------------ helpers
 
-def _shapes(module) -> dict:
-    return {k: tuple(v.shape) for k, v in flatten(pure_params(module)).items()}
-
-
-def load_from_hf(module: nnx.Module, rules, state_dict) -> None:
-    """Fill ``module`` (abstract or not) from HF tensors through the project's loader and ``rules``."""
-    sd = {k: v.detach().float().numpy() for k, v in state_dict.items()}
-    flat = fill_params(NameTable(rules, _shapes(module)), sd.__getitem__, sd.keys(), np.float32, source="HF module")
-    state = nnx.state(module, nnx.Param)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, unflatten(flat)))
-    nnx.update(module, state)
 
 
 def _tame_decoder_(c2w, seed=0) -> None:
@@ -127,7 +116,7 @@ def _hf_decode(hf, codes):
 
 def test_rules_cover_every_tensor_and_parameter(setup):
     hf, model, cfg = setup
-    table = NameTable(hf_rules(cfg), _shapes(model))  # raises on a parameter without a rule / a name claimed twice
+    table = NameTable(hf_rules(cfg), param_shapes(model))  # raises on a parameter without a rule / a name claimed twice
     sd = hf.state_dict()
     assert set(table.names()) == set(sd)
     flat = {k: np.asarray(v) for k, v in flatten(pure_params(model)).items()}
