@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from omni_jax.errors import InputFileError
+
 PRESET_DIR = Path(__file__).parent / "presets"
 REAL_CONFIG_PATH = PRESET_DIR / "qwen3_omni_30b_a3b_instruct.config.json"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputFileError):
     """A config.json that cannot describe a Qwen3-Omni model."""
 
 

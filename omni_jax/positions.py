@@ -26,10 +26,12 @@ from typing import Sequence
 
 import numpy as np
 
+from omni_jax.errors import UsageError
+
 F32 = np.float32
 
 
-class PositionIdError(ValueError):
+class PositionIdError(UsageError):
     """Token ids and media metadata that do not describe a valid prompt."""
 
 

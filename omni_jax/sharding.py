@@ -16,10 +16,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from omni_jax.errors import UsageError
+
 MESH_AXES = ("data", "expert", "model")
 
 
-class MeshSpecError(ValueError):
+class MeshSpecError(UsageError):
     """A mesh spec string that cannot be parsed or does not fit the devices."""
 
 

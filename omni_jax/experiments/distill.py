@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from omni_jax.errors import UsageError
 from omni_jax.config import TextConfig
 from omni_jax.experiments.surgery import evenly_spaced_layers, keep_experts, keep_layers
 from omni_jax.generation.sampling import SamplingConfig, sample
@@ -54,7 +55,7 @@ from omni_jax.models.decoder import KVCache, StackOptions
 MODES = ("off_policy", "on_policy")
 
 
-class DistillError(ValueError):
+class DistillError(UsageError):
     """A distillation setting that cannot work (bad mode, empty data, too few layers for the Talker, ...)."""
 
 

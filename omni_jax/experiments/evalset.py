@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from omni_jax.errors import InputFileError
+
 DATA = Path(__file__).parent / "data"
 DEFAULT_EVAL = DATA / "eval_default.jsonl"
 DEFAULT_CALIBRATION = DATA / "calibration_default.jsonl"
 
 
-class EvalSetError(ValueError):
+class EvalSetError(InputFileError):
     """An unreadable or malformed text set."""
 
 

@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 import jax
 import numpy as np
 
+from omni_jax.errors import UsageError
 from omni_jax.config import OmniConfig, TextConfig
 from omni_jax.experiments.surgery import (SurgeryError, check_expert_keep, keep_experts, with_talker_text,
                                           with_thinker_text)
@@ -39,7 +40,7 @@ _NOT_COPIED = {"config.json", "model.safetensors.index.json", "omni_jax_checkpoi
 _EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts")  # transformers 5.x thinker / talker spellings
 
 
-class PruningError(ValueError):
+class PruningError(UsageError):
     """A pruning request that cannot work (keep count out of range, bad counts, existing output, ...)."""
 
 

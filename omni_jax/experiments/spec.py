@@ -14,6 +14,8 @@ import copy
 import tomllib
 from pathlib import Path
 
+from omni_jax.errors import InputFileError
+
 DEFAULTS = {
     "seed": 0,
     "dtype": "float32",
@@ -24,7 +26,7 @@ DEFAULTS = {
 }
 
 
-class ExperimentFileError(ValueError):
+class ExperimentFileError(InputFileError):
     """A missing or malformed experiment file."""
 
 

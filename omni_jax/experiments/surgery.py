@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax.errors import UsageError
 from omni_jax.config import OmniConfig, TextConfig
 
 EXPERT_KEYS = ("gate_up", "down")
 
 
-class SurgeryError(ValueError):
+class SurgeryError(UsageError):
     """A keep list that does not fit the model (wrong length, out of range, duplicates, too few)."""
 
 

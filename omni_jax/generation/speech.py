@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from omni_jax.errors import UsageError
 from omni_jax.config import OmniConfig
 from omni_jax.generation.talker_engine import FrameRecord, TalkerEngine, TalkerSampling
 from omni_jax.generation.talker_prompt import TalkerMedia, build_talker_prompt
@@ -24,11 +25,11 @@ CHUNK_SIZE, LEFT_CONTEXT = 300, 25
 DEFAULT_MAX_FRAMES = 4095  # HF talker_max_new_tokens 4096 (the last sampled token gets no frame)
 
 
-class UnknownSpeakerError(ValueError):
+class UnknownSpeakerError(UsageError):
     """A speaker name the checkpoint's talker does not know."""
 
 
-class NoTalkerError(ValueError):
+class NoTalkerError(UsageError):
     """The checkpoint has no talker / code2wav (a thinker-only release)."""
 
 

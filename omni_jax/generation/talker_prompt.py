@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax.errors import UsageError
 from omni_jax.config import OmniConfig
 from omni_jax.generation.thinker_engine import PROMPT_BUCKET, round_up
 from omni_jax.models.talker import resize_mlp
@@ -49,7 +50,7 @@ TRAILING_BUCKET = 32
 GEN_BUCKET = 32
 
 
-class TalkerPromptError(ValueError):
+class TalkerPromptError(UsageError):
     """The Thinker prompt cannot drive the Talker (e.g. it has no ``<|im_start|>assistant`` turn)."""
 
 

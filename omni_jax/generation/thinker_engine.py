@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax.errors import UsageError
 from omni_jax.config import OmniConfig, TextConfig
 from omni_jax.generation.sampling import SamplingConfig, sample
 from omni_jax.models import thinker_text
@@ -25,7 +26,7 @@ PROMPT_BUCKET = 32
 CACHE_BUCKET = 128
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(UsageError):
     """The prompt plus the requested new tokens do not fit the model's context."""
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from omni_jax.errors import UsageError
 from omni_jax.config import Code2WavConfig
 from omni_jax.models.common import full, normal, ones, pure_params, zeros
 from omni_jax.ops.activations import gelu, snake_beta
@@ -50,7 +51,7 @@ DECODER_KERNEL = 7
 CONVNEXT_LN_EPS = 1e-6
 
 
-class Code2WavInputError(ValueError):
+class Code2WavInputError(UsageError):
     """Codes that Code2Wav cannot decode (wrong rank, wrong number of quantizers, out-of-range ids)."""
 
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax.errors import UsageError
 from omni_jax.config import AudioConfig, OmniConfig, VisionConfig
 from omni_jax.generation.thinker_engine import PreparedPrompt, round_up
 from omni_jax.models import audio_encoder, thinker_text
@@ -37,7 +38,7 @@ from omni_jax.models.vision import normalize_grids, vision_forward
 MEDIA_ROW_BUCKET = 256  # media rows are padded to a multiple of this so the merge compiles rarely
 
 
-class PlaceholderMismatchError(ValueError):
+class PlaceholderMismatchError(UsageError):
     """The prompt's placeholder tokens do not match the number of encoder outputs."""
 
 

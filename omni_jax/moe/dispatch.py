@@ -10,6 +10,7 @@ import functools
 
 import jax
 
+from omni_jax.errors import UsageError
 from omni_jax.moe.dense import dense_moe
 from omni_jax.moe.gather import gather_moe
 from omni_jax.moe.ragged import ragged_moe
@@ -21,7 +22,7 @@ BACKENDS = {"dense": dense_moe, "gather": gather_moe, "tiles": tiles_moe, "ragge
 GATHER_MAX_TOKENS = 2
 
 
-class BackendError(ValueError):
+class BackendError(UsageError):
     """Unknown dispatch backend name."""
 
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from omni_jax.errors import UsageError
 from omni_jax.moe.dispatch import choose_backend, get_backend
 from omni_jax.moe.experts import combine, round_to_dtype
 from omni_jax.moe.router import RoutingConfig, route
@@ -31,7 +32,7 @@ from omni_jax.moe.stats import MoEStats, finalize, partial_sums
 PSUM_MAX_TOKENS = 8  # auto: up to this many tokens per data shard, every shard sees all tokens (decode)
 
 
-class ExpertParallelError(ValueError):
+class ExpertParallelError(UsageError):
     """A mesh / expert count combination expert parallelism cannot use."""
 
 

@@ -33,10 +33,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from omni_jax.errors import UsageError
 from omni_jax.moe.experts import round_to_dtype
 
 
-class RoutingError(ValueError):
+class RoutingError(UsageError):
     """A routing configuration that cannot work (k out of range, wrong mask length, ...)."""
 
 

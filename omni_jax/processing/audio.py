@@ -27,12 +27,13 @@ from typing import Sequence
 
 import numpy as np
 
+from omni_jax.errors import InputFileError
 from omni_jax.processing.assets import PREPROCESSOR_FILE
 
 SAMPLE_RATE = 16000
 
 
-class AudioInputError(ValueError):
+class AudioInputError(InputFileError):
     """An audio input that cannot be used: unreadable, corrupt, empty, unsupported format, too short."""
 
 

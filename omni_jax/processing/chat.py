@@ -23,6 +23,7 @@ import jinja2.utils
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from omni_jax.errors import InputFileError
 from omni_jax.processing.tokenizer import (
     TokenizerFileError,
     read_json_file,
@@ -34,7 +35,7 @@ from omni_jax.processing.tokenizer import (
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(InputFileError):
     """No usable chat template, or messages the template cannot render (one line, naming the file)."""
 
 

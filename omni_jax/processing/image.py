@@ -39,10 +39,11 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from omni_jax.errors import InputFileError
 from omni_jax.processing.assets import PREPROCESSOR_FILE
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InputFileError):
     """An image file that cannot be read (missing, not an image, truncated, empty, unusable shape)."""
 
 

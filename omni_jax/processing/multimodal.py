@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from omni_jax.errors import InputFileError
 from omni_jax.config import OmniConfig
 from omni_jax.generation.thinker_engine import PROMPT_BUCKET, pad_left
 from omni_jax.positions import RopeIndexConfig, audio_output_lengths, get_rope_index
@@ -52,7 +53,7 @@ from omni_jax.processing.video import VideoPreprocessConfig, as_video, preproces
 MEDIA_TYPES = ("image", "audio", "video")
 
 
-class MediaInputError(ValueError):
+class MediaInputError(InputFileError):
     """A conversation or media item the processor cannot use (one line, naming the item or file)."""
 
 

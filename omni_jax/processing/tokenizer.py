@@ -17,6 +17,8 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers.models import BPE
 
+from omni_jax.errors import InputFileError
+
 # transformers.models.qwen2.tokenization_qwen2.PRETOKENIZE_REGEX
 QWEN2_PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -36,7 +38,7 @@ OMNI_SPECIAL_TOKENS = {
 }
 
 
-class TokenizerFileError(ValueError):
+class TokenizerFileError(InputFileError):
     """A tokenizer file is missing, unreadable or malformed (the message names the file)."""
 
 

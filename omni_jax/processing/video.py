@@ -32,13 +32,14 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from omni_jax.errors import InputFileError
 from omni_jax.processing.image import (ImageLoadError, VisionPreprocessConfig, as_rgb_array, load_image,
                                        normalize_fused, patchify, resize_bicubic_torch, smart_resize)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-class VideoLoadError(ValueError):
+class VideoLoadError(InputFileError):
     """A video that cannot be read (missing, not a video, no frames, inconsistent frame sizes)."""
 
 

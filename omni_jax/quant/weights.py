@@ -24,11 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax.errors import UsageError
+
 SUPPORTED_BITS = (4, 8)
 DEFAULT_GROUP = 128
 
 
-class QuantizationError(ValueError):
+class QuantizationError(UsageError):
     """A weight that cannot be quantized as asked (bits, group size, shape)."""
 
 

@@ -18,6 +18,8 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
+from omni_jax.errors import InputFileError
+
 DTYPES = {
     "BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
@@ -27,7 +29,7 @@ SINGLE_NAME = "model.safetensors"
 MAX_HEADER = 100 * 1024 * 1024
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputFileError):
     """A checkpoint that cannot be read: the message names the file or tensor and the problem."""
 
 
