@@ -1,16 +1,26 @@
-"""Mesh construction and the logical-axis → mesh-axis rules, in one place.
+"""Mesh axes, mesh specs and THE logical-axis → mesh-axis rules table.
 
-Mesh axes: ``data`` (batch / tokens), ``expert`` (MoE experts), ``model`` (tensor parallel, heads / MLP
-width). A mesh is described by a spec string such as ``"data=2,expert=4"``; axes not named have size 1 and
-are left out of the mesh, and every rule that points at an absent axis simply means "replicated".
-Multi-host runs (``jax.distributed``) use the same code: the mesh is built over ``jax.devices()``.
+Conventions:
+- Mesh axes: ``data`` (batch: replicas of the weights), ``fsdp`` (weights split FSDP-style), ``tensor``
+  (heads / MLP width / vocabulary), ``expert`` (MoE experts). A spec string such as ``"fsdp=2,expert=4"``
+  names some of them; absent axes have size 1. Every mesh built here has all four axes, in the device-grid
+  order data (outermost), fsdp, expert, tensor (innermost: the fastest links).
+- Logical axes are what a parameter's dimensions mean; every ``nnx.Param`` declares them where it is created
+  (``omni_jax.models.common``), e.g. ``("layers", "experts", "embed", "mlp")``. ``RULES`` below maps each
+  logical axis to mesh axes. As in MaxText, the FSDP-style axes (``embed``, ``channels``) take every
+  weight-sharding mesh axis the array does not already use, so ``expert`` and ``tensor`` also split the
+  weights that have no experts or heads: on a mesh whose axes all shard weights each device holds ~1/N.
+- A mesh axis is used at most once per array. Dedicated axes (experts, heads, kv heads, mlp, vocab) are
+  assigned before the FSDP-style ones. A strict rule must divide the dimension it shards (else a
+  ``ShardingError`` naming the weight and dimension); a lenient rule uses only the mesh axes that divide it
+  (vocoder / audio-stem channels that shrink to 96, the KV cache's batch and kv heads).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -18,15 +28,48 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from omni_jax.errors import UsageError
 
-MESH_AXES = ("data", "expert", "model")
+MESH_AXES = ("data", "fsdp", "expert", "tensor")  # device-grid order
+WEIGHT_MESH_AXES = ("fsdp", "expert", "tensor")  # the axes that split weights (data replicates them)
+
+Axes = tuple  # a tuple of logical axis names (or None) per dimension
 
 
 class MeshSpecError(UsageError):
     """A mesh spec string that cannot be parsed or does not fit the devices."""
 
 
+class ShardingError(UsageError):
+    """A mesh whose axis sizes do not divide a dimension they shard."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Mesh axes for one logical axis, in the order they are tried."""
+
+    mesh_axes: tuple[str, ...]
+    fsdp_style: bool = False  # assigned after the dedicated axes, from what the array leaves unused
+    strict: bool = True  # must divide the dimension (else ShardingError); lenient: uses the axes that divide
+
+
+RULES: dict[str, Rule] = {
+    # weights
+    "layers": Rule(()),  # the scanned layer stack: never split
+    "experts": Rule(("expert",)),
+    "heads": Rule(("tensor",)),  # q heads x head_dim (flattened)
+    "kv_heads": Rule(("tensor",)),
+    "mlp": Rule(("tensor",)),  # MLP / expert hidden width
+    "vocab": Rule(("tensor",)),  # vocabulary / codebook / table rows
+    "embed": Rule(("fsdp", "expert", "tensor"), fsdp_style=True),  # model width
+    "channels": Rule(("fsdp", "expert", "tensor"), fsdp_style=True, strict=False),  # small conv channels
+    "norm": Rule(()),  # norm weights, biases and scales over the model width: replicated
+    # activations and caches
+    "batch": Rule(("data", "fsdp"), strict=False),
+    "cache_kv_heads": Rule(("tensor",), strict=False),
+}
+
+
 def parse_mesh_spec(spec: str | Mapping[str, int]) -> dict[str, int]:
-    """``"data=1,expert=8"`` → {"data": 1, "expert": 8} (order kept; axes must be among MESH_AXES)."""
+    """``"fsdp=2,expert=4"`` → {"fsdp": 2, "expert": 4} (order kept; axes must be among MESH_AXES)."""
     if isinstance(spec, Mapping):
         items = list(spec.items())
     else:
@@ -34,7 +77,7 @@ def parse_mesh_spec(spec: str | Mapping[str, int]) -> dict[str, int]:
         for part in filter(None, (p.strip() for p in spec.split(","))):
             name, sep, size = part.partition("=")
             if not sep or not size.strip().isdigit():
-                raise MeshSpecError(f"mesh spec {spec!r}: expected name=size pairs like 'data=1,expert=8'")
+                raise MeshSpecError(f"mesh spec {spec!r}: expected name=size pairs like 'fsdp=2,expert=4'")
             items.append((name.strip(), int(size)))
     out: dict[str, int] = {}
     for name, size in items:
@@ -42,7 +85,7 @@ def parse_mesh_spec(spec: str | Mapping[str, int]) -> dict[str, int]:
             raise MeshSpecError(f"mesh spec {spec!r}: unknown axis {name!r} (axes: {', '.join(MESH_AXES)})")
         if name in out:
             raise MeshSpecError(f"mesh spec {spec!r}: axis {name!r} given twice")
-        if size < 1:
+        if int(size) < 1:
             raise MeshSpecError(f"mesh spec {spec!r}: axis {name!r} has size {size}")
         out[name] = int(size)
     if not out:
@@ -50,78 +93,107 @@ def parse_mesh_spec(spec: str | Mapping[str, int]) -> dict[str, int]:
     return out
 
 
-def make_mesh(spec: str | Mapping[str, int], devices=None) -> Mesh:
-    """A Mesh with the named axes (in the spec's order) over the first prod(sizes) devices."""
-    sizes = parse_mesh_spec(spec)
+def mesh_sizes(spec: str | Mapping[str, int]) -> dict[str, int]:
+    """All four axis sizes (absent axes 1), in device-grid order."""
+    named = parse_mesh_spec(spec)
+    return {a: named.get(a, 1) for a in MESH_AXES}
+
+
+def make_mesh(spec: str | Mapping[str, int] | Mesh, devices: Sequence | None = None) -> Mesh:
+    """A Mesh with all four axes (absent ones size 1) over the first prod(sizes) devices (``jax.devices()``:
+    every process's devices in a multi-process run). A Mesh passes through unchanged."""
+    if isinstance(spec, Mesh):
+        return spec
+    sizes = mesh_sizes(spec)
     devices = list(jax.devices() if devices is None else devices)
     n = math.prod(sizes.values())
     if n > len(devices):
-        raise MeshSpecError(f"mesh spec {dict(sizes)} needs {n} devices, {len(devices)} available")
-    grid = np.array(devices[:n], dtype=object).reshape(tuple(sizes.values()))
-    return Mesh(grid, tuple(sizes))
+        raise MeshSpecError(f"mesh spec {spec!r} needs {n} devices, {len(devices)} available")
+    shape = tuple(sizes.values())
+    types = (jax.sharding.AxisType.Auto,) * len(shape)
+    if n == len(devices) and devices[0].platform != "cpu":
+        try:  # the physical topology (TPU torus / GPU hosts) decides which devices are neighbours
+            return jax.make_mesh(shape, MESH_AXES, axis_types=types, devices=devices)
+        except (ValueError, NotImplementedError, AssertionError):
+            pass
+    return Mesh(np.array(devices[:n], dtype=object).reshape(shape), MESH_AXES, axis_types=types)
 
 
-@dataclass(frozen=True)
-class ShardingRules:
-    """Logical axis name → mesh axis (or tuple of mesh axes, or None = replicated)."""
+def mesh_spec_string(mesh) -> str:
+    """``"fsdp=2,expert=4"`` for a mesh (axes of size 1 left out; ``"data=1"`` for a single device)."""
+    parts = [f"{a}={mesh.shape[a]}" for a in mesh.axis_names if mesh.shape[a] > 1]
+    return ",".join(parts) or "data=1"
 
-    batch: str | tuple[str, ...] | None = "data"
-    tokens: str | tuple[str, ...] | None = ("data", "expert")  # flattened tokens in the all_to_all MoE path
-    experts: str | None = "expert"
-    heads: str | None = "model"
-    kv_heads: str | None = "model"
-    mlp: str | None = "model"
-    vocab: str | None = "model"
-    embed: str | None = None
-    layers: str | None = None
 
-    def mesh_axes(self, logical: str | None, mesh: Mesh):
+def axis_size(mesh, name: str) -> int:
+    return int(mesh.shape[name]) if mesh is not None and name in mesh.axis_names else 1
+
+
+def weight_devices(mesh) -> int:
+    """How many ways the weights are split (the product of the weight-sharding axes)."""
+    return math.prod(axis_size(mesh, a) for a in WEIGHT_MESH_AXES)
+
+
+def _where(name: str, shape, dim: int, logical: str) -> str:
+    return f"{name}: dimension {dim} ({logical}, size {shape[dim]} of shape {tuple(shape)})"
+
+
+def logical_spec(axes: Axes, shape: Sequence[int], mesh, *, name: str = "array") -> P:
+    """The PartitionSpec of an array with these logical axes on ``mesh`` (a Mesh or AbstractMesh).
+
+    Mesh axes of size 1 (or absent) are left out; each mesh axis is used at most once; dedicated axes are
+    assigned before the FSDP-style ones. Raises ``ShardingError`` where a strict rule does not divide."""
+    if len(axes) != len(shape):
+        raise ValueError(f"{name}: {len(axes)} logical axes {axes} for shape {tuple(shape)}")
+    used: set[str] = set()
+    out: list = [None] * len(shape)
+    order = sorted(range(len(axes)), key=lambda d: axes[d] in RULES and RULES[axes[d]].fsdp_style)
+    for d in order:
+        logical = axes[d]
         if logical is None:
-            return None
-        target = getattr(self, logical)
-        if target is None:
-            return None
-        names = (target,) if isinstance(target, str) else tuple(target)
-        present = tuple(a for a in names if a in mesh.axis_names and mesh.shape[a] > 1)
-        if not present:
-            return None
-        return present[0] if len(present) == 1 else present
-
-    def spec(self, mesh: Mesh, *logical: str | None) -> P:
-        """PartitionSpec for an array whose dimensions have these logical names (None = not sharded)."""
-        return P(*(self.mesh_axes(name, mesh) for name in logical))
-
-    def sharding(self, mesh: Mesh, *logical: str | None) -> NamedSharding:
-        return NamedSharding(mesh, self.spec(mesh, *logical))
-
-
-DEFAULT_RULES = ShardingRules()
-
-# Logical axes of the MoE block's parameters (an extra leading "layers" axis when stacked).
-MOE_LOGICAL_AXES = {
-    "router": ("embed", None),
-    "gate_up": ("experts", "embed", None),
-    "down": ("experts", None, "embed"),
-    "shared_gate_up": ("embed", None),
-    "shared_down": (None, "embed"),
-    "shared_gate": ("embed", None),
-}
+            continue
+        if logical not in RULES:
+            raise ValueError(f"{name}: unknown logical axis {logical!r}")
+        rule = RULES[logical]
+        chosen: list[str] = []
+        prod = 1
+        for m in rule.mesh_axes:
+            size = axis_size(mesh, m)
+            if size == 1 or m in used:
+                continue
+            if shape[d] % (prod * size):
+                if rule.strict:
+                    split = "x".join(f"{a}={axis_size(mesh, a)}" for a in chosen + [m])
+                    raise ShardingError(f"{_where(name, shape, d, logical)} does not split over {split}")
+                continue
+            chosen.append(m)
+            prod *= size
+        used.update(chosen)
+        out[d] = None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen)
+    return P(*out)
 
 
-def moe_param_specs(params: Mapping, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES) -> dict:
-    """PartitionSpecs for a MoE param dict (stacked on a leading layer axis when ndim is one more)."""
-    out = {}
-    for name, arr in params.items():
-        logical = MOE_LOGICAL_AXES[name]
-        if arr.ndim == len(logical) + 1:
-            logical = ("layers",) + logical
-        elif arr.ndim != len(logical):
-            raise ValueError(f"MoE param {name!r} has shape {arr.shape}; expected {len(logical)} (+1 stacked) dims")
-        out[name] = rules.spec(mesh, *logical)
-    return out
+def logical_sharding(axes: Axes, shape: Sequence[int], mesh: Mesh, *, name: str = "array") -> NamedSharding:
+    return NamedSharding(mesh, logical_spec(axes, shape, mesh, name=name))
 
 
-def shard_moe_params(params: Mapping, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES) -> dict:
-    """device_put the MoE params so each device holds only its E / n_expert experts."""
-    specs = moe_param_specs(params, mesh, rules)
-    return {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in params.items()}
+def flat_shardings(info: Mapping[str, tuple[tuple[int, ...], Axes]], mesh: Mesh) -> dict[str, NamedSharding]:
+    """{path: NamedSharding} for {path: (shape, logical axes)}; every divisibility problem is checked here."""
+    return {path: logical_sharding(axes, shape, mesh, name=path) for path, (shape, axes) in info.items()}
+
+
+def per_device_bytes(info: Mapping[str, tuple[tuple[int, ...], Axes]], mesh, itemsize: int) -> int:
+    """Bytes of these arrays one device holds on ``mesh`` (the largest shard of each)."""
+    total = 0
+    for path, (shape, axes) in info.items():
+        spec = logical_spec(axes, shape, mesh, name=path)
+        n = 1
+        for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+            names = () if entry is None else (entry,) if isinstance(entry, str) else entry
+            n *= -(-dim // math.prod(axis_size(mesh, a) for a in names))
+        total += n * itemsize
+    return total
+
+
+# Logical axes of a decoder KV cache [layers, batch, slots, kv_heads, head_dim].
+KV_CACHE_AXES: Axes = ("layers", "batch", None, "cache_kv_heads", None)

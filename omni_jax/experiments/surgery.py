@@ -3,7 +3,9 @@
 These are the building blocks of expert pruning and of distillation students. They work on a decoder's
 ``text`` params (``{"embed", "layers": {..., "mlp": {"router", "gate_up", "down", ...}}, "norm", ...}``) and
 return new params and the matching config (``dataclasses.replace``), so the result runs through the same
-model code and exports through the same name table.
+model code and exports through the same name table. Whatever has an ``experts`` axis in its declared logical
+axes (the expert stacks, the router's columns) is cut along it; ``axes`` (a dict mirroring the params)
+defaults to the axes the decoder stack declares.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.errors import UsageError
 from omni_jax.config import OmniConfig, TextConfig
-
-EXPERT_KEYS = ("gate_up", "down")
+from omni_jax.errors import UsageError
+from omni_jax.models.decoder import text_params_axes
+from omni_jax.moe.layout import expert_axis
 
 
 class SurgeryError(UsageError):
@@ -45,17 +47,28 @@ def check_expert_keep(keep: np.ndarray, cfg: TextConfig) -> np.ndarray:
     return keep.astype(np.int32)
 
 
-def keep_experts(text_params: dict, cfg: TextConfig, keep: np.ndarray) -> tuple[dict, TextConfig]:
-    """Keep ``keep[l]`` experts in layer l: expert weights and router columns are sliced, num_experts = M."""
+def _take_experts(a, keep: np.ndarray, axis: int):
+    """a [L, ..., E (at ``axis``), ...] -> [L, ..., M, ...]: per layer l the experts keep[l]."""
+    xp = _xp(a)
+    shape = [1] * a.ndim
+    shape[0], shape[axis] = keep.shape
+    return xp.take_along_axis(xp.asarray(a), keep.reshape(shape), axis=axis)
+
+
+def keep_experts(text_params: dict, cfg: TextConfig, keep: np.ndarray,
+                 axes: dict | None = None) -> tuple[dict, TextConfig]:
+    """Keep ``keep[l]`` experts in layer l: every array with an ``experts`` axis (expert weights, router
+    columns) is cut along it; num_experts = M."""
     keep = check_expert_keep(keep, cfg)
-    rows = np.arange(cfg.num_layers)[:, None]
-    mlp = dict(text_params["layers"]["mlp"])
-    for k in EXPERT_KEYS:  # device arrays are sliced on their device (no host copy of a 38 GB stack)
-        mlp[k] = _xp(mlp[k]).asarray(mlp[k])[rows, keep]
-    router = mlp["router"]  # [L, H, E]
-    mlp["router"] = _xp(router).take_along_axis(router, keep[:, None, :], axis=2)
-    layers = dict(text_params["layers"], mlp=mlp)
-    return dict(text_params, layers=layers), dataclasses.replace(cfg, num_experts=keep.shape[1])
+    axes = text_params_axes(text_params) if axes is None else axes
+
+    def cut(p, a):
+        if isinstance(p, dict):
+            return {k: cut(v, a.get(k) if isinstance(a, dict) else None) for k, v in p.items()}
+        d = expert_axis(a) if isinstance(a, tuple) else None
+        return p if d is None else _take_experts(p, keep, d)  # sliced on its device (no host copy of a stack)
+
+    return cut(text_params, axes), dataclasses.replace(cfg, num_experts=keep.shape[1])
 
 
 def keep_layers(text_params: dict, cfg: TextConfig, layers: list[int]) -> tuple[dict, TextConfig]:

@@ -47,7 +47,7 @@ import numpy as np
 from flax import nnx
 
 from omni_jax.config import AudioConfig
-from omni_jax.models.common import normal, ones, pure_params, zeros
+from omni_jax.models.common import bias_axis, normal, ones, pure_params, zeros
 from omni_jax.ops.activations import ACTIVATIONS
 from omni_jax.ops.norms import layer_norm
 from omni_jax.weights.rules import Rule, copy_rule, linear_rule
@@ -119,19 +119,25 @@ class _Bag(nnx.Module):
             setattr(self, name, child)
 
 
-def _linear_params(rngs, *shape, bias=True, dtype=jnp.float32):
+def _linear_params(rngs, *shape, axes: tuple, bias=True, dtype=jnp.float32):
     fan_in = shape[-2]
-    w = normal(rngs, *shape, dtype=dtype, std=1.0 / math.sqrt(fan_in))
-    return _Bag(w=w, b=zeros(*shape[:-2], shape[-1], dtype=dtype)) if bias else _Bag(w=w)
+    lead_axes = ("layers",) * (len(shape) - 2)
+    w = normal(rngs, *shape, axes=lead_axes + tuple(axes), dtype=dtype, std=1.0 / math.sqrt(fan_in))
+    if not bias:
+        return _Bag(w=w)
+    return _Bag(w=w, b=zeros(*shape[:-2], shape[-1], axes=lead_axes + (bias_axis(axes[1]),), dtype=dtype))
 
 
 def _norm_params(*lead, dim, dtype=jnp.float32):
-    return _Bag(w=ones(*lead, dim, dtype=dtype), b=zeros(*lead, dim, dtype=dtype))
+    axes = ("layers",) * len(lead) + ("norm",)
+    return _Bag(w=ones(*lead, dim, axes=axes, dtype=dtype), b=zeros(*lead, dim, axes=axes, dtype=dtype))
 
 
 def _conv_params(rngs, c_in, c_out, dtype=jnp.float32):
-    w = normal(rngs, 3, 3, c_in, c_out, dtype=dtype, std=1.0 / math.sqrt(9 * c_in))
-    return _Bag(w=w, b=zeros(c_out, dtype=dtype))
+    # the stem's channels (480 in the real model) are split only where the mesh divides them
+    axes = (None, None, None, "channels") if c_in == 1 else (None, None, "channels", None)
+    w = normal(rngs, 3, 3, c_in, c_out, axes=axes, dtype=dtype, std=1.0 / math.sqrt(9 * c_in))
+    return _Bag(w=w, b=zeros(c_out, axes=("norm",), dtype=dtype))
 
 
 class AudioEncoder(nnx.Module):
@@ -147,18 +153,19 @@ class AudioEncoder(nnx.Module):
         self.conv1 = _conv_params(rngs, 1, c, dtype)
         self.conv2 = _conv_params(rngs, c, c, dtype)
         self.conv3 = _conv_params(rngs, c, c, dtype)
-        self.conv_out = _linear_params(rngs, c * mel_rows_after_stem(cfg.num_mel_bins), d, bias=False, dtype=dtype)
+        self.conv_out = _linear_params(rngs, c * mel_rows_after_stem(cfg.num_mel_bins), d, axes=(None, "embed"),
+                                       bias=False, dtype=dtype)
         self.layers = _Bag(
             attn_norm=_norm_params(L, dim=d, dtype=dtype),
-            attn=_Bag(qkv=_linear_params(rngs, L, d, 3 * d, dtype=dtype),
-                      out=_linear_params(rngs, L, d, d, dtype=dtype)),
+            attn=_Bag(qkv=_linear_params(rngs, L, d, 3 * d, axes=("embed", "heads"), dtype=dtype),
+                      out=_linear_params(rngs, L, d, d, axes=("heads", "embed"), dtype=dtype)),
             mlp_norm=_norm_params(L, dim=d, dtype=dtype),
-            fc1=_linear_params(rngs, L, d, cfg.encoder_ffn_dim, dtype=dtype),
-            fc2=_linear_params(rngs, L, cfg.encoder_ffn_dim, d, dtype=dtype),
+            fc1=_linear_params(rngs, L, d, cfg.encoder_ffn_dim, axes=("embed", "mlp"), dtype=dtype),
+            fc2=_linear_params(rngs, L, cfg.encoder_ffn_dim, d, axes=("mlp", "embed"), dtype=dtype),
         )
         self.ln_post = _norm_params(dim=d, dtype=dtype)
-        self.proj1 = _linear_params(rngs, d, d, dtype=dtype)
-        self.proj2 = _linear_params(rngs, d, cfg.output_dim, dtype=dtype)
+        self.proj1 = _linear_params(rngs, d, d, axes=("embed", "mlp"), dtype=dtype)
+        self.proj2 = _linear_params(rngs, d, cfg.output_dim, axes=("mlp", "embed"), dtype=dtype)
 
     def __call__(self, features, frame_counts, dtype=None):
         """Jitted :func:`audio_encoder_forward` on this module's parameters (see ``encode``)."""

@@ -29,7 +29,7 @@ from flax import nnx
 
 from omni_jax.errors import UsageError
 from omni_jax.config import Code2WavConfig
-from omni_jax.models.common import full, normal, ones, pure_params, zeros
+from omni_jax.models.common import bias_axis, full, normal, ones, pure_params, zeros
 from omni_jax.ops.activations import gelu, snake_beta
 from omni_jax.ops.conv import (
     causal_conv1d,
@@ -58,51 +58,52 @@ class Code2WavInputError(UsageError):
 # --------------------------------------------------------------------------------------------- parameters
 
 class Conv(nnx.Module):
-    """A 1-D conv kernel [k, C_in/groups, C_out] and its bias."""
+    """A 1-D conv kernel [k, C_in/groups, C_out] and its bias; ``axes``: the logical axes of (C_in, C_out)."""
 
-    def __init__(self, rngs: nnx.Rngs, k: int, c_in: int, c_out: int, dtype=jnp.float32):
-        self.w = normal(rngs, k, c_in, c_out, dtype=dtype, std=1.0 / math.sqrt(k * c_in))
-        self.b = zeros(c_out, dtype=dtype)
+    def __init__(self, rngs: nnx.Rngs, k: int, c_in: int, c_out: int, axes: tuple = ("channels", None),
+                 dtype=jnp.float32):
+        self.w = normal(rngs, k, c_in, c_out, axes=(None,) + tuple(axes), dtype=dtype, std=1.0 / math.sqrt(k * c_in))
+        self.b = zeros(c_out, axes=(bias_axis(axes[1]),), dtype=dtype)
 
 
 class Snake(nnx.Module):
     """SnakeBeta's per-channel log(alpha), log(beta) (HF ``alpha``/``beta``; zeros -> alpha = beta = 1)."""
 
     def __init__(self, channels: int, dtype=jnp.float32):
-        self.log_alpha = zeros(channels, dtype=dtype)
-        self.log_beta = zeros(channels, dtype=dtype)
+        self.log_alpha = zeros(channels, axes=("norm",), dtype=dtype)
+        self.log_beta = zeros(channels, axes=("norm",), dtype=dtype)
 
 
 class ConvNeXt(nnx.Module):
     def __init__(self, rngs: nnx.Rngs, dim: int, dtype=jnp.float32):
-        self.dwconv = Conv(rngs, CONVNEXT_KERNEL, 1, dim, dtype)
-        self.norm_w = ones(dim, dtype=dtype)
-        self.norm_b = zeros(dim, dtype=dtype)
-        self.fc1_w = normal(rngs, dim, 4 * dim, dtype=dtype)
-        self.fc1_b = zeros(4 * dim, dtype=dtype)
-        self.fc2_w = normal(rngs, 4 * dim, dim, dtype=dtype)
-        self.fc2_b = zeros(dim, dtype=dtype)
-        self.gamma = full(1e-6, dim, dtype=dtype)
+        self.dwconv = Conv(rngs, CONVNEXT_KERNEL, 1, dim, (None, "channels"), dtype)
+        self.norm_w = ones(dim, axes=("norm",), dtype=dtype)
+        self.norm_b = zeros(dim, axes=("norm",), dtype=dtype)
+        self.fc1_w = normal(rngs, dim, 4 * dim, axes=("embed", "mlp"), dtype=dtype)
+        self.fc1_b = zeros(4 * dim, axes=("mlp",), dtype=dtype)
+        self.fc2_w = normal(rngs, 4 * dim, dim, axes=("mlp", "embed"), dtype=dtype)
+        self.fc2_b = zeros(dim, axes=("norm",), dtype=dtype)
+        self.gamma = full(1e-6, dim, axes=("norm",), dtype=dtype)
 
 
 class UpsampleStage(nnx.Module):
     def __init__(self, rngs: nnx.Rngs, dim: int, factor: int, dtype=jnp.float32):
-        self.trans_conv = Conv(rngs, factor, dim, dim, dtype)
+        self.trans_conv = Conv(rngs, factor, dim, dim, ("embed", "mlp"), dtype)
         self.convnext = ConvNeXt(rngs, dim, dtype)
 
 
 class ResidualUnit(nnx.Module):
     def __init__(self, rngs: nnx.Rngs, dim: int, dtype=jnp.float32):
         self.snake1 = Snake(dim, dtype)
-        self.conv1 = Conv(rngs, DECODER_KERNEL, dim, dim, dtype)
+        self.conv1 = Conv(rngs, DECODER_KERNEL, dim, dim, dtype=dtype)
         self.snake2 = Snake(dim, dtype)
-        self.conv2 = Conv(rngs, 1, dim, dim, dtype)
+        self.conv2 = Conv(rngs, 1, dim, dim, dtype=dtype)
 
 
 class DecoderBlock(nnx.Module):
     def __init__(self, rngs: nnx.Rngs, c_in: int, c_out: int, rate: int, dtype=jnp.float32):
         self.snake = Snake(c_in, dtype)
-        self.trans_conv = Conv(rngs, 2 * rate, c_in, c_out, dtype)
+        self.trans_conv = Conv(rngs, 2 * rate, c_in, c_out, dtype=dtype)
         for r in range(len(RESIDUAL_DILATIONS)):
             setattr(self, f"res{r}", ResidualUnit(rngs, c_out, dtype))
 
@@ -113,16 +114,17 @@ class TransformerLayers(nnx.Module):
     def __init__(self, cfg: Code2WavConfig, rngs: nnx.Rngs, dtype=jnp.float32):
         n, h, i = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
         q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        self.attn_norm = ones(n, h, dtype=dtype)
-        self.q = normal(rngs, n, h, q_dim, dtype=dtype)
-        self.k = normal(rngs, n, h, kv_dim, dtype=dtype)
-        self.v = normal(rngs, n, h, kv_dim, dtype=dtype)
-        self.o = normal(rngs, n, q_dim, h, dtype=dtype)
-        self.attn_scale = full(cfg.layer_scale_initial_scale, n, h, dtype=dtype)
-        self.mlp_norm = ones(n, h, dtype=dtype)
-        self.gate_up = normal(rngs, n, h, 2 * i, dtype=dtype)
-        self.down = normal(rngs, n, i, h, dtype=dtype)
-        self.mlp_scale = full(cfg.layer_scale_initial_scale, n, h, dtype=dtype)
+        norm = ("layers", "norm")
+        self.attn_norm = ones(n, h, axes=norm, dtype=dtype)
+        self.q = normal(rngs, n, h, q_dim, axes=("layers", "embed", "heads"), dtype=dtype)
+        self.k = normal(rngs, n, h, kv_dim, axes=("layers", "embed", "kv_heads"), dtype=dtype)
+        self.v = normal(rngs, n, h, kv_dim, axes=("layers", "embed", "kv_heads"), dtype=dtype)
+        self.o = normal(rngs, n, q_dim, h, axes=("layers", "heads", "embed"), dtype=dtype)
+        self.attn_scale = full(cfg.layer_scale_initial_scale, n, h, axes=norm, dtype=dtype)
+        self.mlp_norm = ones(n, h, axes=norm, dtype=dtype)
+        self.gate_up = normal(rngs, n, h, 2 * i, axes=("layers", "embed", "mlp"), dtype=dtype)
+        self.down = normal(rngs, n, i, h, axes=("layers", "mlp", "embed"), dtype=dtype)
+        self.mlp_scale = full(cfg.layer_scale_initial_scale, n, h, axes=norm, dtype=dtype)
 
 
 class Code2Wav(nnx.Module):
@@ -132,17 +134,18 @@ class Code2Wav(nnx.Module):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.cfg = cfg
         h, d = cfg.hidden_size, cfg.decoder_dim
-        self.code_embedding = normal(rngs, cfg.num_quantizers * cfg.codebook_size, h, dtype=dtype)
+        self.code_embedding = normal(rngs, cfg.num_quantizers * cfg.codebook_size, h, axes=("vocab", "embed"),
+                                     dtype=dtype)
         self.layers = TransformerLayers(cfg, rngs, dtype)
-        self.norm = ones(h, dtype=dtype)
+        self.norm = ones(h, axes=("norm",), dtype=dtype)
         for u, factor in enumerate(cfg.upsampling_ratios):
             setattr(self, f"upsample{u}", UpsampleStage(rngs, h, factor, dtype))
-        self.conv_in = Conv(rngs, DECODER_KERNEL, h, d, dtype)
+        self.conv_in = Conv(rngs, DECODER_KERNEL, h, d, ("embed", "mlp"), dtype)
         for b, rate in enumerate(cfg.upsample_rates):
             setattr(self, f"block{b}", DecoderBlock(rngs, d >> b, d >> (b + 1), rate, dtype))
         out_dim = d >> len(cfg.upsample_rates)
         self.snake_out = Snake(out_dim, dtype)
-        self.conv_out = Conv(rngs, DECODER_KERNEL, out_dim, 1, dtype)
+        self.conv_out = Conv(rngs, DECODER_KERNEL, out_dim, 1, dtype=dtype)
 
     @classmethod
     def abstract(cls, cfg: Code2WavConfig, dtype=jnp.float32) -> "Code2Wav":

@@ -35,16 +35,16 @@ class CodePredictorLayers(nnx.Module):
 
     def __init__(self, cfg: CodePredictorConfig, rngs: nnx.Rngs, dtype=jnp.float32):
         n, h, i, d = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-        self.attn_norm = ones(n, h, dtype=dtype)
-        self.q = normal(rngs, n, h, cfg.num_heads * d, dtype=dtype)
-        self.k = normal(rngs, n, h, cfg.num_kv_heads * d, dtype=dtype)
-        self.v = normal(rngs, n, h, cfg.num_kv_heads * d, dtype=dtype)
-        self.o = normal(rngs, n, cfg.num_heads * d, h, dtype=dtype)
-        self.q_norm = ones(n, d, dtype=dtype)
-        self.k_norm = ones(n, d, dtype=dtype)
-        self.mlp_norm = ones(n, h, dtype=dtype)
-        self.gate_up = normal(rngs, n, h, 2 * i, dtype=dtype)
-        self.down = normal(rngs, n, i, h, dtype=dtype)
+        self.attn_norm = ones(n, h, axes=("layers", "norm"), dtype=dtype)
+        self.q = normal(rngs, n, h, cfg.num_heads * d, axes=("layers", "embed", "heads"), dtype=dtype)
+        self.k = normal(rngs, n, h, cfg.num_kv_heads * d, axes=("layers", "embed", "kv_heads"), dtype=dtype)
+        self.v = normal(rngs, n, h, cfg.num_kv_heads * d, axes=("layers", "embed", "kv_heads"), dtype=dtype)
+        self.o = normal(rngs, n, cfg.num_heads * d, h, axes=("layers", "heads", "embed"), dtype=dtype)
+        self.q_norm = ones(n, d, axes=("layers", "norm"), dtype=dtype)
+        self.k_norm = ones(n, d, axes=("layers", "norm"), dtype=dtype)
+        self.mlp_norm = ones(n, h, axes=("layers", "norm"), dtype=dtype)
+        self.gate_up = normal(rngs, n, h, 2 * i, axes=("layers", "embed", "mlp"), dtype=dtype)
+        self.down = normal(rngs, n, i, h, axes=("layers", "mlp", "embed"), dtype=dtype)
 
 
 class CodePredictor(nnx.Module):
@@ -55,9 +55,12 @@ class CodePredictor(nnx.Module):
         self.cfg = cfg
         g = cfg.num_code_groups - 1
         self.layers = CodePredictorLayers(cfg, rngs, dtype)
-        self.norm = ones(cfg.hidden_size, dtype=dtype)
-        self.codec_embedding = normal(rngs, g, cfg.vocab_size, cfg.hidden_size, dtype=dtype, std=1.0)
-        self.lm_head = normal(rngs, g, cfg.hidden_size, cfg.vocab_size, dtype=dtype)
+        self.norm = ones(cfg.hidden_size, axes=("norm",), dtype=dtype)
+        # one table / head per residual codebook: the leading axis is a stack, like a layer axis
+        self.codec_embedding = normal(rngs, g, cfg.vocab_size, cfg.hidden_size, axes=("layers", "vocab", "embed"),
+                                      dtype=dtype, std=1.0)
+        self.lm_head = normal(rngs, g, cfg.hidden_size, cfg.vocab_size, axes=("layers", "embed", "vocab"),
+                              dtype=dtype)
 
     @classmethod
     def abstract(cls, cfg: CodePredictorConfig, dtype=jnp.float32) -> "CodePredictor":

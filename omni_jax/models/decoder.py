@@ -12,6 +12,7 @@ routing hooks from one layer to the next. The KV cache is one array per k/v for 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,8 +21,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from omni_jax.config import TextConfig
-from omni_jax.models.common import normal, ones
+from omni_jax.models.common import normal, ones, param_axes
 from omni_jax.moe import RoutingConfig, moe_block
+from omni_jax.moe.layout import moe_axes
 from omni_jax.ops.attention import attention, causal_mask
 from omni_jax.ops.linear import linear
 from omni_jax.ops.norms import rms_norm
@@ -32,25 +34,27 @@ from omni_jax.weights.rules import Rule, copy_rule, linear_rule, transpose
 class Attention(nnx.Module):
     def __init__(self, cfg: TextConfig, n: int, rngs: nnx.Rngs, dtype):
         h, d = cfg.hidden_size, cfg.head_dim
-        self.q_proj = normal(rngs, n, h, cfg.num_heads * d, dtype=dtype)
-        self.k_proj = normal(rngs, n, h, cfg.num_kv_heads * d, dtype=dtype)
-        self.v_proj = normal(rngs, n, h, cfg.num_kv_heads * d, dtype=dtype)
-        self.o_proj = normal(rngs, n, cfg.num_heads * d, h, dtype=dtype)
-        self.q_norm = ones(n, d, dtype=dtype)
-        self.k_norm = ones(n, d, dtype=dtype)
+        self.q_proj = normal(rngs, n, h, cfg.num_heads * d, axes=("layers", "embed", "heads"), dtype=dtype)
+        self.k_proj = normal(rngs, n, h, cfg.num_kv_heads * d, axes=("layers", "embed", "kv_heads"), dtype=dtype)
+        self.v_proj = normal(rngs, n, h, cfg.num_kv_heads * d, axes=("layers", "embed", "kv_heads"), dtype=dtype)
+        self.o_proj = normal(rngs, n, cfg.num_heads * d, h, axes=("layers", "heads", "embed"), dtype=dtype)
+        self.q_norm = ones(n, d, axes=("layers", "norm"), dtype=dtype)
+        self.k_norm = ones(n, d, axes=("layers", "norm"), dtype=dtype)
 
 
 class MoEParams(nnx.Module):
+    """The MoE block's parameters, stacked over layers, with the axes ``omni_jax.moe.layout`` declares."""
+
     def __init__(self, cfg: TextConfig, n: int, rngs: nnx.Rngs, dtype):
         h, e, i = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
-        self.router = normal(rngs, n, h, e, dtype=dtype)
-        self.gate_up = normal(rngs, n, e, h, 2 * i, dtype=dtype)
-        self.down = normal(rngs, n, e, i, h, dtype=dtype)
+        self.router = normal(rngs, n, h, e, axes=moe_axes("router", True), dtype=dtype)
+        self.gate_up = normal(rngs, n, e, h, 2 * i, axes=moe_axes("gate_up", True), dtype=dtype)
+        self.down = normal(rngs, n, e, i, h, axes=moe_axes("down", True), dtype=dtype)
         s = cfg.shared_expert_intermediate_size
         if s:
-            self.shared_gate_up = normal(rngs, n, h, 2 * s, dtype=dtype)
-            self.shared_down = normal(rngs, n, s, h, dtype=dtype)
-            self.shared_gate = normal(rngs, n, h, 1, dtype=dtype)
+            self.shared_gate_up = normal(rngs, n, h, 2 * s, axes=moe_axes("shared_gate_up", True), dtype=dtype)
+            self.shared_down = normal(rngs, n, s, h, axes=moe_axes("shared_down", True), dtype=dtype)
+            self.shared_gate = normal(rngs, n, h, 1, axes=moe_axes("shared_gate", True), dtype=dtype)
 
 
 class DecoderLayers(nnx.Module):
@@ -58,10 +62,29 @@ class DecoderLayers(nnx.Module):
 
     def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, dtype=jnp.float32):
         n = cfg.num_layers
-        self.input_norm = ones(n, cfg.hidden_size, dtype=dtype)
-        self.post_norm = ones(n, cfg.hidden_size, dtype=dtype)
+        self.input_norm = ones(n, cfg.hidden_size, axes=("layers", "norm"), dtype=dtype)
+        self.post_norm = ones(n, cfg.hidden_size, axes=("layers", "norm"), dtype=dtype)
         self.attn = Attention(cfg, n, rngs, dtype)
         self.mlp = MoEParams(cfg, n, rngs, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_layer_axes() -> dict:
+    """DecoderLayers' declared axes (they do not depend on sizes; built abstractly, shared expert included)."""
+    cfg = TextConfig(shared_expert_intermediate_size=TextConfig().moe_intermediate_size)
+    return param_axes(nnx.eval_shape(lambda: DecoderLayers(cfg, nnx.Rngs(0))))
+
+
+def _mirror(params, axes):
+    if isinstance(params, dict):
+        return {k: _mirror(v, axes.get(k) if isinstance(axes, dict) else None) for k, v in params.items()}
+    return axes if isinstance(axes, tuple) else None
+
+
+def text_params_axes(text_params: dict) -> dict:
+    """The declared logical axes mirroring a text model's params (``ThinkerText`` / ``Talker`` pure params):
+    the decoder stack under ``layers`` gets ``DecoderLayers``' axes; other entries None."""
+    return {k: _mirror(v, _declared_layer_axes() if k == "layers" else None) for k, v in text_params.items()}
 
 
 def decoder_layer_rules(cfg: TextConfig, hf_prefix: str, param_prefix: str) -> list[Rule]:

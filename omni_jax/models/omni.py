@@ -1,6 +1,6 @@
 """The whole model as one NNX tree, and the HF name table that maps every checkpoint tensor into it.
 
-Tree (param path prefixes):          HF prefixes (original on-disk layout, reference notes §12):
+Tree (param path prefixes):          HF prefixes (the original on-disk layout):
   thinker.text.*                      thinker.model.{embed_tokens,layers,norm}.*, thinker.lm_head.*
   thinker.visual.*                    thinker.visual.*
   thinker.audio.*                     thinker.audio_tower.*
@@ -17,6 +17,8 @@ from flax import nnx
 
 from omni_jax.config import OmniConfig, ThinkerConfig
 from omni_jax.models import audio_encoder, thinker_text, vision
+from omni_jax.models.common import param_info
+from omni_jax.weights.load import ModelTable, register_model_table
 from omni_jax.weights.rules import Rule, prefixed
 
 
@@ -72,8 +74,9 @@ def param_count(model: nnx.Module) -> int:
     return total
 
 
-def model_from_flat(cfg: OmniConfig, flat: dict, dtype=jnp.float32, shardings: dict | None = None) -> OmniModel:
-    """Build an OmniModel whose parameters are the arrays in ``flat`` ({dotted path: array})."""
+def model_from_flat(cfg: OmniConfig, flat: dict, dtype=jnp.float32) -> OmniModel:
+    """Build an OmniModel whose parameters are the arrays in ``flat`` ({dotted path: array}); arrays already
+    placed on devices (a mesh) stay where they are."""
     abstract = abstract_model(cfg, dtype)
     graphdef, state = nnx.split(abstract)
     flat_state = nnx.to_flat_state(state)
@@ -83,9 +86,19 @@ def model_from_flat(cfg: OmniConfig, flat: dict, dtype=jnp.float32, shardings: d
         if key not in flat:
             raise KeyError(f"parameter {key} was not loaded")
         arr = flat[key]
-        if shardings is not None and key in shardings:
-            arr = jax.device_put(arr, shardings[key])
-        else:
-            arr = jnp.asarray(arr, dtype=var.get_value().dtype)
+        want = var.get_value().dtype
+        if not isinstance(arr, jax.Array):
+            arr = jnp.asarray(arr, dtype=want)
+        elif arr.dtype != want:
+            arr = arr.astype(want)
         leaves.append((path, var.replace(arr)))
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+
+def model_param_info(cfg: OmniConfig, dtype=jnp.float32) -> dict[str, tuple[tuple[int, ...], tuple]]:
+    """{path: (shape, logical axes)} of every parameter of the model (abstract: nothing allocated)."""
+    return param_info(abstract_model(cfg, dtype))
+
+
+TABLE = ModelTable(hf_rules=hf_rules, param_info=model_param_info, build=model_from_flat)
+register_model_table("OmniConfig", TABLE)

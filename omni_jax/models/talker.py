@@ -26,10 +26,10 @@ class ResizeMLP(nnx.Module):
     """fc2(silu(fc1(x))) with biases: thinker width -> talker width (``Qwen3OmniMoeTalkerResizeMLP``)."""
 
     def __init__(self, d_in: int, d_mid: int, d_out: int, rngs: nnx.Rngs, dtype):
-        self.fc1_w = normal(rngs, d_in, d_mid, dtype=dtype)
-        self.fc1_b = zeros(d_mid, dtype=dtype)
-        self.fc2_w = normal(rngs, d_mid, d_out, dtype=dtype)
-        self.fc2_b = zeros(d_out, dtype=dtype)
+        self.fc1_w = normal(rngs, d_in, d_mid, axes=("embed", "mlp"), dtype=dtype)
+        self.fc1_b = zeros(d_mid, axes=("mlp",), dtype=dtype)
+        self.fc2_w = normal(rngs, d_mid, d_out, axes=("mlp", "embed"), dtype=dtype)
+        self.fc2_b = zeros(d_out, axes=("norm",), dtype=dtype)
 
 
 def resize_mlp(p: dict, x: jax.Array) -> jax.Array:
@@ -41,10 +41,10 @@ class Talker(nnx.Module):
         t = cfg.text
         self.text_projection = ResizeMLP(cfg.thinker_hidden_size, t.intermediate_size, t.hidden_size, rngs, dtype)
         self.hidden_projection = ResizeMLP(cfg.thinker_hidden_size, t.intermediate_size, t.hidden_size, rngs, dtype)
-        self.codec_embedding = normal(rngs, t.vocab_size, t.hidden_size, dtype=dtype)
+        self.codec_embedding = normal(rngs, t.vocab_size, t.hidden_size, axes=("vocab", "embed"), dtype=dtype)
         self.layers = DecoderLayers(t, rngs, dtype)
-        self.norm = ones(t.hidden_size, dtype=dtype)
-        self.codec_head = normal(rngs, t.hidden_size, t.vocab_size, dtype=dtype)
+        self.norm = ones(t.hidden_size, axes=("norm",), dtype=dtype)
+        self.codec_head = normal(rngs, t.hidden_size, t.vocab_size, axes=("embed", "vocab"), dtype=dtype)
         self.code_predictor = cp.CodePredictor(cfg.code_predictor, rngs=rngs, dtype=dtype)
 
 

@@ -21,10 +21,10 @@ from omni_jax.weights.rules import Rule, copy_rule, linear_rule
 class ThinkerText(nnx.Module):
     def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.cfg = cfg
-        self.embed = normal(rngs, cfg.vocab_size, cfg.hidden_size, dtype=dtype)
+        self.embed = normal(rngs, cfg.vocab_size, cfg.hidden_size, axes=("vocab", "embed"), dtype=dtype)
         self.layers = DecoderLayers(cfg, rngs, dtype)
-        self.norm = ones(cfg.hidden_size, dtype=dtype)
-        self.lm_head = normal(rngs, cfg.hidden_size, cfg.vocab_size, dtype=dtype)
+        self.norm = ones(cfg.hidden_size, axes=("norm",), dtype=dtype)
+        self.lm_head = normal(rngs, cfg.hidden_size, cfg.vocab_size, axes=("embed", "vocab"), dtype=dtype)
 
 
 def hf_rules(cfg: TextConfig) -> list[Rule]:

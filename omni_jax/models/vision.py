@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from omni_jax.config import VisionConfig
-from omni_jax.models.common import normal, ones, pure_params, zeros
+from omni_jax.models.common import bias_axis, normal, ones, pure_params, zeros
 from omni_jax.ops.activations import ACTIVATIONS, gelu
 from omni_jax.ops.linear import linear
 from omni_jax.ops.norms import layer_norm
@@ -44,20 +44,23 @@ Grids = tuple[tuple[int, int, int], ...]
 
 # ------------------------------------------------------------------------------------------ parameters
 class _Linear(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs, din: int, dout: int, lead: tuple[int, ...] = (), dtype=jnp.float32):
-        self.w = normal(rngs, *lead, din, dout, dtype=dtype, std=din ** -0.5)
-        self.b = zeros(*lead, dout, dtype=dtype)
+    def __init__(self, rngs: nnx.Rngs, din: int, dout: int, axes: tuple, lead: tuple[int, ...] = (),
+                 dtype=jnp.float32):
+        lead_axes = ("layers",) * len(lead)
+        self.w = normal(rngs, *lead, din, dout, axes=lead_axes + tuple(axes), dtype=dtype, std=din ** -0.5)
+        self.b = zeros(*lead, dout, axes=lead_axes + (bias_axis(axes[1]),), dtype=dtype)
 
 
 class _LayerNorm(nnx.Module):
     def __init__(self, d: int, lead: tuple[int, ...] = (), dtype=jnp.float32):
-        self.w = ones(*lead, d, dtype=dtype)
-        self.b = zeros(*lead, d, dtype=dtype)
+        lead_axes = ("layers",) * len(lead)
+        self.w = ones(*lead, d, axes=lead_axes + ("norm",), dtype=dtype)
+        self.b = zeros(*lead, d, axes=lead_axes + ("norm",), dtype=dtype)
 
 
 class _Table(nnx.Module):
     def __init__(self, rngs: nnx.Rngs, n: int, d: int, dtype=jnp.float32):
-        self.table = normal(rngs, n, d, dtype=dtype)
+        self.table = normal(rngs, n, d, axes=("vocab", "embed"), dtype=dtype)
 
 
 class _Node(nnx.Module):
@@ -72,8 +75,8 @@ class _Merger(nnx.Module):
     def __init__(self, rngs, cfg: VisionConfig, postshuffle: bool, lead=(), dtype=jnp.float32):
         wide = cfg.hidden_size * cfg.spatial_merge_size ** 2
         self.ln = _LayerNorm(wide if postshuffle else cfg.hidden_size, lead, dtype)
-        self.fc1 = _Linear(rngs, wide, wide, lead, dtype)
-        self.fc2 = _Linear(rngs, wide, cfg.out_hidden_size, lead, dtype)
+        self.fc1 = _Linear(rngs, wide, wide, ("embed", "mlp"), lead, dtype)
+        self.fc2 = _Linear(rngs, wide, cfg.out_hidden_size, ("mlp", "embed"), lead, dtype)
 
 
 class VisionEncoder(nnx.Module):
@@ -85,12 +88,14 @@ class VisionEncoder(nnx.Module):
         self.cfg = cfg
         D, L, I = cfg.hidden_size, cfg.depth, cfg.intermediate_size
         patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2
-        self.patch_embed = _Linear(rngs, patch_dim, D, dtype=dtype)
+        self.patch_embed = _Linear(rngs, patch_dim, D, (None, "embed"), dtype=dtype)
         self.pos_embed = _Table(rngs, cfg.num_position_embeddings, D, dtype)
         self.blocks = _Node(
             norm1=_LayerNorm(D, (L,), dtype), norm2=_LayerNorm(D, (L,), dtype),
-            attn=_Node(qkv=_Linear(rngs, D, 3 * D, (L,), dtype), proj=_Linear(rngs, D, D, (L,), dtype)),
-            mlp=_Node(fc1=_Linear(rngs, D, I, (L,), dtype), fc2=_Linear(rngs, I, D, (L,), dtype)),
+            attn=_Node(qkv=_Linear(rngs, D, 3 * D, ("embed", "heads"), (L,), dtype),
+                       proj=_Linear(rngs, D, D, ("heads", "embed"), (L,), dtype)),
+            mlp=_Node(fc1=_Linear(rngs, D, I, ("embed", "mlp"), (L,), dtype),
+                      fc2=_Linear(rngs, I, D, ("mlp", "embed"), (L,), dtype)),
         )
         self.merger = _Merger(rngs, cfg, postshuffle=False, dtype=dtype)
         self.deepstack = _Merger(rngs, cfg, postshuffle=True, lead=(len(cfg.deepstack_visual_indexes),), dtype=dtype)

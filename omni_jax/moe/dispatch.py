@@ -9,12 +9,14 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 
 from omni_jax.errors import UsageError
 from omni_jax.moe.dense import dense_moe
 from omni_jax.moe.gather import gather_moe
 from omni_jax.moe.ragged import ragged_moe
 from omni_jax.moe.tiles import tiles_moe
+from omni_jax.quant.weights import merge_leading, take_leading
 
 BACKENDS = {"dense": dense_moe, "gather": gather_moe, "tiles": tiles_moe, "ragged": ragged_moe}
 
@@ -42,3 +44,20 @@ def get_backend(name: str, num_tokens: int, *, tile: int | None = None):
     if name == "tiles" and tile is not None:
         fn = functools.partial(tiles_moe, tile=tile)
     return fn
+
+
+def run_experts(x, weights, experts, valid, gate_up, down, *, backend: str = "auto", tile: int | None = None,
+                layer=None):
+    """The routed experts' weighted output y [T, H] for x [T, H] and the (weights, experts, valid) [T, K] slots.
+
+    gate_up / down: one layer's stacks [E, ...], or (``layer`` given) every layer's [L, E, ...]: the gather
+    backend then reads the chosen experts straight from the stacked weights (index ``layer * E + expert`` in
+    the flattened stack) — slicing one layer out first makes XLA:CPU copy all of that layer's experts."""
+    name = choose_backend(x.shape[0]) if backend == "auto" else backend
+    fn = get_backend(name, x.shape[0], tile=tile)
+    if layer is None:
+        return fn(x, weights, experts, valid, gate_up, down)
+    if name == "gather":
+        offset = jnp.asarray(layer, jnp.int32) * gate_up.shape[1]
+        return fn(x, weights, experts + offset, valid, merge_leading(gate_up), merge_leading(down))
+    return fn(x, weights, experts, valid, take_leading(gate_up, layer), take_leading(down, layer))

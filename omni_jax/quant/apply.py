@@ -1,9 +1,12 @@
 """Quantize the MoE expert weights of a decoder stack (Thinker text, Talker) and count real storage.
 
-Only ``layers.mlp.gate_up`` [L, E, H, 2I] and ``layers.mlp.down`` [L, E, I, H] are replaced by
-``QuantizedWeight``; the router, the shared expert, attention, norms, embeddings, heads and the code
-predictor stay as they are. The stacks are quantized one layer at a time (a jitted per-layer function), so
-the fp32 intermediates stay at one layer's size on the real model (128 experts x 2048 x 1536 per layer).
+The expert stacks are found by their declared logical axes (an ``experts`` axis before the two matrix
+dimensions, ``omni_jax.moe.layout.is_expert_stack``): the routed ``gate_up`` [L, E, H, 2I] and ``down``
+[L, E, I, H] become ``QuantizedWeight``; the router, the shared expert, attention, norms, embeddings, heads
+and the code predictor stay as they are. ``axes`` (a dict mirroring the params, e.g. from
+``omni_jax.models.common.param_axes``) defaults to the axes the decoder stack declares. The stacks are
+quantized one layer at a time (a jitted per-layer function), so the fp32 intermediates stay at one layer's
+size on the real model (128 experts x 2048 x 1536 per layer).
 """
 
 from __future__ import annotations
@@ -12,11 +15,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax.moe.layout import expert_axis, is_expert_stack
 from omni_jax.quant.weights import DEFAULT_GROUP, QuantizationError, QuantizedWeight, check_quantizable, quantize
 from omni_jax.quant.weights import max_abs_error
 
-EXPERT_KEYS = ("gate_up", "down")
 STACKS = ("thinker", "talker")
+
+
+def _declared_axes(text_params: dict, axes: dict | None) -> dict:
+    if axes is not None:
+        return axes
+    from omni_jax.models.decoder import text_params_axes
+
+    return text_params_axes(text_params)
+
+
+def expert_stacks(text_params: dict, axes: dict | None = None) -> dict[tuple[str, ...], object]:
+    """{key path: weight} of every expert stack in a decoder's params, found by its declared axes."""
+    out = {}
+
+    def walk(p, a, path):
+        if isinstance(p, dict):
+            for k, v in p.items():
+                walk(v, a.get(k) if isinstance(a, dict) else None, path + (k,))
+        elif isinstance(a, tuple) and is_expert_stack(a):
+            out[path] = p
+
+    walk(text_params, _declared_axes(text_params, axes), ())
+    return out
+
+
+def _replace(tree: dict, path: tuple[str, ...], value) -> dict:
+    """A copy of the nested dict with one leaf replaced (every other entry is the same object)."""
+    if len(path) == 1:
+        return dict(tree, **{path[0]: value})
+    return dict(tree, **{path[0]: _replace(tree[path[0]], path[1:], value)})
 
 
 def quantize_stack(w, bits: int, group: int = DEFAULT_GROUP, scale_dtype=jnp.float32) -> QuantizedWeight:
@@ -28,14 +61,14 @@ def quantize_stack(w, bits: int, group: int = DEFAULT_GROUP, scale_dtype=jnp.flo
     return jax.tree.map(lambda *a: jnp.stack(a), *parts)
 
 
-def quantize_experts(text_params: dict, bits: int, group: int = DEFAULT_GROUP, scale_dtype=jnp.float32) -> dict:
-    """A decoder's params (``{"layers": {"mlp": {"gate_up", "down", ...}, ...}, ...}``) with the expert
-    weights quantized; every other entry is the same object as before."""
-    mlp = text_params["layers"]["mlp"]
-    new_mlp = dict(mlp)
-    for k in EXPERT_KEYS:
-        new_mlp[k] = quantize_stack(mlp[k], bits, group, scale_dtype)
-    return dict(text_params, layers=dict(text_params["layers"], mlp=new_mlp))
+def quantize_experts(text_params: dict, bits: int, group: int = DEFAULT_GROUP, scale_dtype=jnp.float32,
+                     axes: dict | None = None) -> dict:
+    """A decoder's params (``{"layers": {"mlp": {"gate_up", "down", ...}, ...}, ...}``) with every expert stack
+    quantized; every other entry is the same object as before."""
+    out = text_params
+    for path, w in expert_stacks(text_params, axes).items():
+        out = _replace(out, path, quantize_stack(w, bits, group, scale_dtype))
+    return out
 
 
 def quantize_model_experts(params: dict, cfg, bits: int, group: int = DEFAULT_GROUP,
@@ -58,12 +91,17 @@ def quantize_model_experts(params: dict, cfg, bits: int, group: int = DEFAULT_GR
 
 
 def _check_shapes(text_params: dict, text_cfg, where: str):
-    mlp = text_params["layers"]["mlp"]
-    L, E, H, I = text_cfg.num_layers, text_cfg.num_experts, text_cfg.hidden_size, text_cfg.moe_intermediate_size
-    want = {"gate_up": (L, E, H, 2 * I), "down": (L, E, I, H)}
-    for k, shape in want.items():
-        if tuple(mlp[k].shape) != shape:
-            raise QuantizationError(f"{where}.layers.mlp.{k} has shape {tuple(mlp[k].shape)}, config says {shape}")
+    L, E = text_cfg.num_layers, text_cfg.num_experts
+    axes = _declared_axes(text_params, None)
+    for path, w in expert_stacks(text_params).items():
+        leaf_axes = axes
+        for k in path:
+            leaf_axes = leaf_axes[k]
+        shape = tuple(w.shape)
+        want = {"layers": L, "experts": E, "embed": text_cfg.hidden_size}
+        if shape[expert_axis(leaf_axes)] != E or any(want.get(a, n) != n for a, n in zip(leaf_axes, shape)):
+            raise QuantizationError(f"{where}.{'.'.join(path)} has shape {shape}, config says {L} layers of "
+                                    f"{E} experts of width {text_cfg.hidden_size}")
 
 
 def _leaf_bytes(leaf) -> int:
@@ -76,17 +114,17 @@ def param_bytes(tree) -> int:
     return sum(_leaf_bytes(x) for x in jax.tree.leaves(tree))
 
 
-def expert_param_bytes(text_params: dict) -> int:
+def expert_param_bytes(text_params: dict, axes: dict | None = None) -> int:
     """Bytes of a decoder's routed-expert weights (gate_up + down), quantized or not."""
-    mlp = text_params["layers"]["mlp"]
-    return sum(param_bytes(mlp[k]) for k in EXPERT_KEYS)
+    return sum(param_bytes(w) for w in expert_stacks(text_params, axes).values())
 
 
-def expert_weight_error(float_params: dict, quant_params: dict) -> float:
+def expert_weight_error(float_params: dict, quant_params: dict, axes: dict | None = None) -> float:
     """max |dequantized - float| over every expert weight of a decoder (one layer at a time)."""
     err = 0.0
-    for k in EXPERT_KEYS:
-        w, qw = float_params["layers"]["mlp"][k], quant_params["layers"]["mlp"][k]
+    quantized = expert_stacks(quant_params, axes if axes is not None else _declared_axes(float_params, None))
+    for path, w in expert_stacks(float_params, axes).items():
+        qw = quantized[path]
         for i in range(w.shape[0]):
             err = max(err, max_abs_error(w[i], qw[i]))
     return err

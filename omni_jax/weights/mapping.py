@@ -60,15 +60,8 @@ class NameTable:
         return list(self.slots)
 
 
-def fill_params(table: NameTable, read: Callable[[str], np.ndarray], available: Iterable[str], dtype,
-                params: dict[str, np.ndarray] | None = None, names: Iterable[str] | None = None,
-                source: str = "checkpoint", progress=None, strict: bool = True) -> dict[str, np.ndarray]:
-    """Stream tensors ``names`` (default: all) through ``read`` into flat params {path: array}.
-
-    Checks first that the checkpoint holds exactly the expected tensors (missing or unexpected tensors
-    fail with their names; ``strict=False`` ignores tensors outside the table, for loading one component),
-    then checks each tensor's shape as it is read.
-    """
+def check_names(table: NameTable, available: Iterable[str], source: str = "checkpoint", strict: bool = True):
+    """The checkpoint holds exactly the table's tensors (``strict=False``: extra tensors are allowed)."""
     available = set(available)
     expected = set(table.slots)
     missing = sorted(expected - available)
@@ -80,6 +73,18 @@ def fill_params(table: NameTable, read: Callable[[str], np.ndarray], available: 
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
         raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]!r}{more} (no parameter slot for it; "
                               f"does config.json match the weights?)")
+
+
+def fill_params(table: NameTable, read: Callable[[str], np.ndarray], available: Iterable[str], dtype,
+                params: dict[str, np.ndarray] | None = None, names: Iterable[str] | None = None,
+                source: str = "checkpoint", progress=None, strict: bool = True) -> dict[str, np.ndarray]:
+    """Stream tensors ``names`` (default: all) through ``read`` into flat params {path: array}.
+
+    Checks first that the checkpoint holds exactly the expected tensors (missing or unexpected tensors
+    fail with their names; ``strict=False`` ignores tensors outside the table, for loading one component),
+    then checks each tensor's shape as it is read.
+    """
+    check_names(table, available, source, strict)
     params = {} if params is None else params
     for name in (table.slots if names is None else names):
         slot = table.slots[name]

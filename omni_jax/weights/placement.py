@@ -1,11 +1,18 @@
-"""Restore a converted checkpoint straight onto a device mesh, one storage unit at a time.
+"""Place a checkpoint straight onto a device mesh: each process reads only the pieces its devices hold.
 
-Every parameter gets a sharding (``param_shardings``: the MoE expert stacks split over the mesh's ``expert``
-axis, everything else replicated). ``read_params_to_devices`` allocates each device's shard on its device,
-then streams the Orbax groups: every unit (one layer of a stacked parameter, a block of experts, rows of an
-embedding) is cut into the pieces that fall into each device's shard and written there in place. The host
-never holds more than one group, so restoring needs no full host copy of the model (or of any parameter);
-the arrays are then assembled with ``jax.make_array_from_single_device_arrays``.
+Every parameter's sharding comes from its declared logical axes (``omni_jax.sharding.flat_shardings``).
+Each device's shard is allocated on its device, then filled piece by piece in place:
+
+- a converted (Orbax) directory, one storage unit at a time (one layer of a stacked parameter, a block of
+  experts, rows of an embedding), ``read_params_to_devices``;
+- a Hugging Face directory, one safetensors tensor at a time, reading from disk only the row block that
+  falls into a shard (rows are contiguous in the file; a column range is cut from the rows read),
+  ``read_hf_to_devices``.
+
+A piece is read once per distinct shard (replicas over ``data`` share it). The host never holds more than
+one unit or one tensor's rows, so loading needs no full host copy of the model, nor of any parameter, and in
+a multi-process run each process reads only what its own devices hold. The global arrays are assembled
+with ``jax.make_array_from_single_device_arrays``.
 """
 
 from __future__ import annotations
@@ -17,34 +24,17 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
-from omni_jax.sharding import DEFAULT_RULES, ShardingRules
+from omni_jax.weights.mapping import NameTable, Slot, check_names
 from omni_jax.weights.orbax_io import Unit, iter_units, read_manifest
-from omni_jax.weights.safetensors_io import CheckpointError
+from omni_jax.weights.rules import identity, transpose
+from omni_jax.weights.safetensors_io import CheckpointError, SafetensorsCheckpoint
 
-EXPERT_STACKS = {"gate_up": ("layers", "experts", "embed", None), "down": ("layers", "experts", None, "embed")}
-
-
-def param_shardings(param_shapes: dict[str, tuple[int, ...]], mesh: Mesh,
-                    rules: ShardingRules = DEFAULT_RULES) -> dict[str, NamedSharding]:
-    """Expert stacks ``*.mlp.gate_up`` / ``*.mlp.down`` [L, E, ...] over the ``expert`` axis; the rest replicated."""
-    out = {}
-    for path, shape in param_shapes.items():
-        leaf = path.rsplit(".", 1)[-1]
-        if path.endswith(f"mlp.{leaf}") and leaf in EXPERT_STACKS and len(shape) == 4:
-            spec = rules.spec(mesh, *EXPERT_STACKS[leaf])
-            axis = spec[1]
-            if axis is not None and shape[1] % mesh.shape[axis]:
-                raise CheckpointError(f"{path}: {shape[1]} experts do not split over the mesh's "
-                                      f"{axis}={mesh.shape[axis]} devices")
-            out[path] = NamedSharding(mesh, spec)
-        else:
-            out[path] = NamedSharding(mesh, P())
-    return out
+Box = tuple[tuple[int, int], ...]  # [start, stop) per dimension
 
 
-def _bounds(index: tuple, shape: tuple[int, ...]) -> list[tuple[int, int]]:
+def _bounds(index: tuple, shape: tuple[int, ...]) -> Box:
     """A tuple of ints/slices (a prefix of the dims) -> [start, stop) per dimension."""
     out = []
     for d, n in enumerate(shape):
@@ -54,12 +44,61 @@ def _bounds(index: tuple, shape: tuple[int, ...]) -> list[tuple[int, int]]:
         else:
             start, stop = int(ix), int(ix) + 1
         out.append((start, stop))
-    return out
+    return tuple(out)
+
+
+def _intersect(a: Box, b: Box) -> Box | None:
+    box = tuple((max(x[0], y[0]), min(x[1], y[1])) for x, y in zip(a, b))
+    return None if any(lo >= hi for lo, hi in box) else box
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
 def _write(buf, piece, offsets):
     return jax.lax.dynamic_update_slice(buf, piece, offsets)
+
+
+class ShardBuffers:
+    """Each addressable device's shard of every parameter, allocated on its device and filled in place."""
+
+    def __init__(self, param_shapes: dict[str, tuple[int, ...]], dtype, shardings: dict[str, NamedSharding]):
+        self.shapes, self.shardings, self.dtype = param_shapes, shardings, jnp.dtype(dtype)
+        self.boxes: dict[str, dict[Box, list]] = {}  # path -> distinct shard box -> devices holding it
+        self.buffers: dict[str, dict] = {}
+        self.filled = {path: 0 for path in param_shapes}
+        for path, shape in param_shapes.items():
+            boxes: dict[Box, list] = {}
+            for dev, idx in shardings[path].addressable_devices_indices_map(tuple(shape)).items():
+                boxes.setdefault(_bounds(idx, shape), []).append(dev)
+            self.boxes[path] = boxes
+            self.buffers[path] = {dev: jnp.zeros(tuple(b - a for a, b in box), self.dtype, device=dev)
+                                  for box, devs in boxes.items() for dev in devs}
+
+    def pieces(self, path: str, region: Box):
+        """(shard box, its intersection with ``region``) for every distinct shard the region touches."""
+        for box in self.boxes[path]:
+            inter = _intersect(region, box)
+            if inter is not None:
+                yield box, inter
+
+    def write(self, path: str, box: Box, inter: Box, piece: np.ndarray):
+        """Write ``piece`` (the values of ``inter``, in parameter coordinates) into every device holding ``box``."""
+        piece = np.asarray(piece).astype(self.dtype)
+        offsets = jnp.asarray([lo - b[0] for (lo, _), b in zip(inter, box)], jnp.int32)
+        for dev in self.boxes[path][box]:
+            self.buffers[path][dev] = _write(self.buffers[path][dev], jax.device_put(piece, dev), offsets)
+
+    def count(self, path: str, region: Box):
+        self.filled[path] += int(np.prod([b - a for a, b in region]))
+
+    def assemble(self, source: str) -> dict[str, jax.Array]:
+        out = {}
+        for path, shape in self.shapes.items():
+            if self.filled[path] != int(np.prod(shape)):
+                raise CheckpointError(f"{source}: parameter {path!r} is incomplete")
+            devs = [dev for devs in self.boxes[path].values() for dev in devs]
+            out[path] = jax.make_array_from_single_device_arrays(
+                tuple(shape), self.shardings[path], [self.buffers[path][dev] for dev in devs])
+        return out
 
 
 def read_params_to_devices(directory: Path, param_shapes: dict[str, tuple[int, ...]], dtype,
@@ -75,36 +114,65 @@ def read_params_to_devices(directory: Path, param_shapes: dict[str, tuple[int, .
     extra = sorted(set(stored) - set(param_shapes))
     if extra:
         raise CheckpointError(f"{directory}: unexpected parameter {extra[0]!r} (does config.json match?)")
-    jdtype = jnp.dtype(dtype)
-    shards: dict[str, list[tuple[jax.Device, list[tuple[int, int]]]]] = {}
-    buffers: dict[str, dict] = {}
-    for path, shape in param_shapes.items():
-        index_map = shardings[path].addressable_devices_indices_map(tuple(shape))
-        shards[path] = [(dev, _bounds(idx, shape)) for dev, idx in index_map.items()]
-        buffers[path] = {dev: jnp.zeros(tuple(b - a for a, b in bounds), jdtype, device=dev)
-                         for dev, bounds in shards[path]}
-    filled = {path: 0 for path in param_shapes}
+    bufs = ShardBuffers(param_shapes, dtype, shardings)
     for key, arr in iter_units(directory, manifest):
         unit = Unit.parse(key)
-        shape = param_shapes[unit.param]
-        region = _bounds(unit.index(), shape)
-        full = np.asarray(arr).astype(dtype).reshape(tuple(b - a for a, b in region))
-        filled[unit.param] += full.size
-        for dev, bounds in shards[unit.param]:
-            lo = [max(r[0], s[0]) for r, s in zip(region, bounds)]
-            hi = [min(r[1], s[1]) for r, s in zip(region, bounds)]
-            if any(a >= b for a, b in zip(lo, hi)):
-                continue
-            piece = full[tuple(slice(a - r[0], b - r[0]) for a, b, r in zip(lo, hi, region))]
-            offsets = tuple(a - s[0] for a, s in zip(lo, bounds))
-            buffers[unit.param][dev] = _write(buffers[unit.param][dev], jax.device_put(piece, dev),
-                                              jnp.asarray(offsets, jnp.int32))
+        region = _bounds(unit.index(), param_shapes[unit.param])
+        full = np.asarray(arr).reshape(tuple(b - a for a, b in region))
+        bufs.count(unit.param, region)
+        for box, inter in bufs.pieces(unit.param, region):
+            bufs.write(unit.param, box, inter, full[tuple(slice(a - r[0], b - r[0]) for (a, b), r in zip(inter, region))])
         if progress is not None:
             progress(1)
-    out = {}
-    for path, shape in param_shapes.items():
-        if filled[path] != int(np.prod(shape)):
-            raise CheckpointError(f"{directory}: parameter {path!r} is incomplete in the stored groups")
-        out[path] = jax.make_array_from_single_device_arrays(
-            tuple(shape), shardings[path], [buffers[path][dev] for dev, _ in shards[path]])
-    return out
+    return bufs.assemble(str(directory))
+
+
+def slot_region(shape: tuple[int, ...], slot: Slot) -> Box:
+    """Where an HF tensor's slot sits in its parameter (leading slot indices, then the part of the last axis)."""
+    lead = len(slot.index)
+    region = [(i, i + 1) for i in slot.index] + [(0, n) for n in shape[lead:]]
+    if slot.rule.part is not None:
+        k, n = slot.rule.part
+        w = shape[-1] // n
+        region[-1] = (k * w, (k + 1) * w)
+    return tuple(region)
+
+
+def _read_slot_piece(ck: SafetensorsCheckpoint, name: str, slot: Slot, rel: Box) -> np.ndarray:
+    """The block ``rel`` of the slot's tensor in parameter layout (``to_param(hf_tensor)``), reading only the
+    HF rows it needs when the layout is the HF one or its transpose."""
+    to_param = slot.rule.to_param
+    if to_param is identity and rel:
+        rows = ck.read_rows(name, *rel[0])
+        return rows[(slice(None),) + tuple(slice(a, b) for a, b in rel[1:])]
+    if to_param is transpose and len(rel) == 2:  # HF [out, in] -> [in, out]: HF rows are our columns
+        rows = ck.read_rows(name, *rel[1])
+        return transpose(rows[:, rel[0][0]:rel[0][1]])
+    full = slot.rule.to_param(ck.read(name))
+    return full[tuple(slice(a, b) for a, b in rel)]
+
+
+def read_hf_to_devices(ck: SafetensorsCheckpoint, table: NameTable, dtype, shardings: dict[str, NamedSharding],
+                       source: str = "checkpoint",
+                       progress: Callable[[int], None] | None = None) -> dict[str, jax.Array]:
+    """Flat {path: global jax.Array placed with ``shardings[path]``} from an HF safetensors directory.
+
+    Every name and shape is checked from the shard headers before anything is allocated or read."""
+    check_names(table, ck.names(), source)
+    for name in table.slots:
+        want, got = table.hf_shape(name), ck.tensors[name].shape
+        if tuple(got) != want:
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(got)}, expected {want}")
+    bufs = ShardBuffers(table.param_shapes, dtype, shardings)
+    for name, slot in table.slots.items():
+        path = slot.rule.param
+        region = slot_region(table.param_shapes[path], slot)
+        lead = len(slot.index)
+        bufs.count(path, region)
+        for box, inter in bufs.pieces(path, region):
+            rel = tuple((a - r[0], b - r[0]) for (a, b), r in zip(inter[lead:], region[lead:]))
+            piece = _read_slot_piece(ck, name, slot, rel)
+            bufs.write(path, box, inter, piece.reshape(tuple(b - a for a, b in inter)))
+        if progress is not None:
+            progress(1)
+    return bufs.assemble(source)

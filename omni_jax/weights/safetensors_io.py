@@ -93,6 +93,23 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
     return out
 
 
+def read_rows(info: TensorInfo, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of the tensor's first dimension: only those bytes are read."""
+    if not info.shape:
+        return read_tensor(info)
+    row = int(np.prod(info.shape[1:], dtype=np.int64)) * info.dtype.itemsize
+    out = np.empty((stop - start,) + info.shape[1:], info.dtype)
+    try:
+        with open(info.file, "rb") as f:
+            f.seek(info.offset + start * row)
+            got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+    except OSError as e:
+        raise CheckpointError(f"{info.file}: cannot read tensor {info.name!r} ({e.strerror or e})") from None
+    if got != (stop - start) * row:
+        raise CheckpointError(f"{info.file}: truncated while reading tensor {info.name!r}")
+    return out
+
+
 class SafetensorsCheckpoint:
     """All tensors of a HF checkpoint directory, indexed by name; read lazily, one at a time."""
 
@@ -137,6 +154,13 @@ class SafetensorsCheckpoint:
         except KeyError:
             raise CheckpointError(f"{self.directory}: missing tensor {name!r}") from None
         return read_tensor(info)
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        try:
+            info = self.tensors[name]
+        except KeyError:
+            raise CheckpointError(f"{self.directory}: missing tensor {name!r}") from None
+        return read_rows(info, start, stop)
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self.tensors:

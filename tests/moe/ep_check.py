@@ -15,7 +15,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 from moe_testutil import random_moe_params, random_tokens  # noqa: E402
 from omni_jax.moe import RoutingConfig, moe_block  # noqa: E402
-from omni_jax.sharding import make_mesh, shard_moe_params  # noqa: E402
+from omni_jax.moe.parallel import shard_moe_params
+from omni_jax.sharding import make_mesh  # noqa: E402
 
 
 GRAD_RUNS = {("data=1,expert=8", "psum"), ("data=1,expert=8", "all_to_all"), ("data=2,expert=4", "all_to_all"),

@@ -28,7 +28,8 @@ def main(pid: int, port: int):
 
     from moe_testutil import random_moe_params, random_tokens
     from omni_jax.moe import RoutingConfig, moe_block
-    from omni_jax.sharding import make_mesh, moe_param_specs
+    from omni_jax.moe.parallel import moe_param_specs
+    from omni_jax.sharding import make_mesh
 
     E, H, I, K, T = 16, 16, 12, 4, 16
     p = {k: np.asarray(v) for k, v in random_moe_params(0, E, H, I).items()}

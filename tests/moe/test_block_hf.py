@@ -5,7 +5,7 @@ renormalisation (both) or the shared-expert gate (talker) moves the output by â‰
 bf16: the same block in bf16 (reference casting: router fp32 softmax, weights cast to bf16, silu in fp32
 rounded once, per-term bf16 products, bf16 accumulation in ascending expert order, every rounding point
 pinned against XLA's excess precision) against HF's eager bf16 run: bit-identical (max abs err 0).
-Weights go through ``omni_jax.moe.rules.hf_rules`` from the on-disk per-expert names (rules coverage test).
+Weights go through ``moe_testutil.moe_hf_rules`` from the on-disk per-expert names (rules coverage test).
 """
 
 import jax
@@ -21,7 +21,7 @@ from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
 from hf_fixtures import hf_config, randomize_, tiny_config_dict
 from omni_jax.config import TextConfig
 from omni_jax.moe import RoutingConfig, moe_block
-from omni_jax.moe.rules import hf_rules
+from moe_testutil import moe_hf_rules as hf_rules
 
 
 def disk_state(block, num_experts):

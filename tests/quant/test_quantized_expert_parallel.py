@@ -15,7 +15,8 @@ import jax, jax.numpy as jnp
 jax.config.update("jax_default_matmul_precision", "highest")
 from omni_jax.moe import RoutingConfig, moe_block
 from omni_jax.quant import dequantize, quantize
-from omni_jax.sharding import make_mesh, shard_moe_params
+from omni_jax.moe.parallel import shard_moe_params
+from omni_jax.sharding import make_mesh
 E, H, I = 8, 16, 12
 k = jax.random.split(jax.random.PRNGKey(0), 4)
 p = dict(router=jax.random.normal(k[0], (H, E)), gate_up=quantize(jax.random.normal(k[1], (E, H, 2 * I)) / 4, 4, 8),
