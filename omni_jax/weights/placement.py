@@ -57,21 +57,36 @@ def _write(buf, piece, offsets):
     return jax.lax.dynamic_update_slice(buf, piece, offsets)
 
 
+HOST_ASSEMBLY_BYTES = 64 << 20  # shards up to this size are assembled on the host, then put on their devices
+
+
 class ShardBuffers:
-    """Each addressable device's shard of every parameter, allocated on its device and filled in place."""
+    """Each addressable device's shard of every parameter, filled piece by piece.
+
+    A small shard is assembled on the host and put on its devices once its parameter is complete (one
+    transfer, no per-piece dispatch); a large one (an expert stack's) is allocated on its device and each
+    piece is written into it in place. Host memory holds at most the small shards of the parameters being
+    filled (one at a time when the pieces come parameter by parameter) plus one piece."""
 
     def __init__(self, param_shapes: dict[str, tuple[int, ...]], dtype, shardings: dict[str, NamedSharding]):
         self.shapes, self.shardings, self.dtype = param_shapes, shardings, jnp.dtype(dtype)
         self.boxes: dict[str, dict[Box, list]] = {}  # path -> distinct shard box -> devices holding it
-        self.buffers: dict[str, dict] = {}
+        self.host: dict[str, dict[Box, np.ndarray]] = {}
+        self.device: dict[str, dict] = {}
+        self.done: dict[str, list] = {}
         self.filled = {path: 0 for path in param_shapes}
         for path, shape in param_shapes.items():
             boxes: dict[Box, list] = {}
             for dev, idx in shardings[path].addressable_devices_indices_map(tuple(shape)).items():
                 boxes.setdefault(_bounds(idx, shape), []).append(dev)
             self.boxes[path] = boxes
-            self.buffers[path] = {dev: jnp.zeros(tuple(b - a for a, b in box), self.dtype, device=dev)
-                                  for box, devs in boxes.items() for dev in devs}
+
+    @staticmethod
+    def _shape(box: Box) -> tuple[int, ...]:
+        return tuple(b - a for a, b in box)
+
+    def _small(self, box: Box) -> bool:
+        return int(np.prod(self._shape(box))) * self.dtype.itemsize <= HOST_ASSEMBLY_BYTES
 
     def pieces(self, path: str, region: Box):
         """(shard box, its intersection with ``region``) for every distinct shard the region touches."""
@@ -81,24 +96,46 @@ class ShardBuffers:
                 yield box, inter
 
     def write(self, path: str, box: Box, inter: Box, piece: np.ndarray):
-        """Write ``piece`` (the values of ``inter``, in parameter coordinates) into every device holding ``box``."""
+        """Write ``piece`` (the values of ``inter``, in parameter coordinates) into the shard ``box``."""
         piece = np.asarray(piece).astype(self.dtype)
+        if self._small(box):
+            buf = self.host.setdefault(path, {}).get(box)
+            if buf is None:
+                buf = self.host[path][box] = np.zeros(self._shape(box), self.dtype)
+            buf[tuple(slice(lo - b[0], hi - b[0]) for (lo, hi), b in zip(inter, box))] = piece
+            return
+        bufs = self.device.setdefault(path, {})
         offsets = jnp.asarray([lo - b[0] for (lo, _), b in zip(inter, box)], jnp.int32)
         for dev in self.boxes[path][box]:
-            self.buffers[path][dev] = _write(self.buffers[path][dev], jax.device_put(piece, dev), offsets)
+            if dev not in bufs:
+                bufs[dev] = jnp.zeros(self._shape(box), self.dtype, device=dev)
+            bufs[dev] = _write(bufs[dev], jax.device_put(piece, dev), offsets)
 
     def count(self, path: str, region: Box):
+        """Record that ``region`` of the parameter was written; a complete parameter is assembled."""
         self.filled[path] += int(np.prod([b - a for a, b in region]))
+        if self.filled[path] == int(np.prod(self.shapes[path])):
+            self._finish(path)
+
+    def _finish(self, path: str):
+        host, bufs = self.host.pop(path, {}), self.device.pop(path, {})
+        shards = []
+        for box, devs in self.boxes[path].items():
+            for dev in devs:
+                if box in host:
+                    shards.append(jax.device_put(host[box], dev))
+                elif dev in bufs:
+                    shards.append(bufs[dev])
+                else:  # a shard no piece touched cannot occur in a complete parameter
+                    raise AssertionError(f"{path}: shard {box} was never written")
+        self.done[path] = jax.make_array_from_single_device_arrays(tuple(self.shapes[path]), self.shardings[path],
+                                                                   shards)
 
     def assemble(self, source: str) -> dict[str, jax.Array]:
-        out = {}
         for path, shape in self.shapes.items():
-            if self.filled[path] != int(np.prod(shape)):
+            if path not in self.done:
                 raise CheckpointError(f"{source}: parameter {path!r} is incomplete")
-            devs = [dev for devs in self.boxes[path].values() for dev in devs]
-            out[path] = jax.make_array_from_single_device_arrays(
-                tuple(shape), self.shardings[path], [self.buffers[path][dev] for dev in devs])
-        return out
+        return dict(self.done)
 
 
 def read_params_to_devices(directory: Path, param_shapes: dict[str, tuple[int, ...]], dtype,
@@ -119,9 +156,9 @@ def read_params_to_devices(directory: Path, param_shapes: dict[str, tuple[int, .
         unit = Unit.parse(key)
         region = _bounds(unit.index(), param_shapes[unit.param])
         full = np.asarray(arr).reshape(tuple(b - a for a, b in region))
-        bufs.count(unit.param, region)
         for box, inter in bufs.pieces(unit.param, region):
             bufs.write(unit.param, box, inter, full[tuple(slice(a - r[0], b - r[0]) for (a, b), r in zip(inter, region))])
+        bufs.count(unit.param, region)
         if progress is not None:
             progress(1)
     return bufs.assemble(str(directory))
@@ -164,15 +201,18 @@ def read_hf_to_devices(ck: SafetensorsCheckpoint, table: NameTable, dtype, shard
         if tuple(got) != want:
             raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(got)}, expected {want}")
     bufs = ShardBuffers(table.param_shapes, dtype, shardings)
-    for name, slot in table.slots.items():
+    by_param: dict[str, list[tuple[str, Slot]]] = {}
+    for name, slot in table.slots.items():  # parameter by parameter: one parameter's host shards at a time
+        by_param.setdefault(slot.rule.param, []).append((name, slot))
+    for name, slot in (item for items in by_param.values() for item in items):
         path = slot.rule.param
         region = slot_region(table.param_shapes[path], slot)
         lead = len(slot.index)
-        bufs.count(path, region)
         for box, inter in bufs.pieces(path, region):
             rel = tuple((a - r[0], b - r[0]) for (a, b), r in zip(inter[lead:], region[lead:]))
             piece = _read_slot_piece(ck, name, slot, rel)
             bufs.write(path, box, inter, piece.reshape(tuple(b - a for a, b in inter)))
+        bufs.count(path, region)
         if progress is not None:
             progress(1)
     return bufs.assemble(source)
