@@ -25,3 +25,17 @@ def gather_moe(x, weights, experts, valid, gate_up, down):
 
     y = jax.lax.map(one, (rows, experts.reshape(-1)))  # [T·K, 1, H]
     return combine(y.reshape(T, K, -1), weights, experts)
+
+
+def gather_selected_moe(x, weights, experts, gate_up_sel, down_sel):
+    """``gather_moe`` with each (token, slot)'s expert weights already selected: gate_up_sel [T·K, H, 2I],
+    down_sel [T·K, I, H] (row t·K + k is token t's k-th expert). ``experts`` [T, K] only orders the sum."""
+    T, K = experts.shape
+    rows = jnp.repeat(x, K, axis=0)
+
+    def one(args):
+        xr, s = args
+        return swiglu(xr[None] @ expert_weight(gate_up_sel, s, x.dtype)) @ expert_weight(down_sel, s, x.dtype)
+
+    y = jax.lax.map(one, (rows, jnp.arange(T * K)))
+    return combine(y.reshape(T, K, -1), weights, experts)

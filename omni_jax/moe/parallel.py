@@ -32,10 +32,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from omni_jax.errors import UsageError
 from omni_jax.moe.dispatch import choose_backend, get_backend, run_experts
 from omni_jax.moe.experts import combine
+from omni_jax.moe.gather import gather_selected_moe
 from omni_jax.moe.layout import moe_axes
 from omni_jax.moe.router import RoutingConfig, route
 from omni_jax.moe.stats import MoEStats, finalize, partial_sums
-from omni_jax.quant.weights import take_leading
+from omni_jax.quant.weights import merge_leading, take_leading
 from omni_jax.sharding import axis_size, logical_spec, weight_devices
 
 PSUM_MAX_TOKENS = 8  # auto: up to this many tokens per token shard, every expert shard sees all tokens (decode)
@@ -86,20 +87,24 @@ def _stat_spec():
                     aux_expert_count=P(), router_prob_sum=P(), num_tokens=P())
 
 
+def _gather_dims(w, spec, first: int):
+    """All-gather every dim from ``first`` on that ``spec`` splits (the leaves of a QuantizedWeight alike)."""
+    def gather(leaf, s):
+        for d, entry in enumerate(tuple(s)):
+            if d >= first and entry is not None:
+                leaf = jax.lax.all_gather(leaf, entry, axis=d, tiled=True)
+        return leaf
+
+    return jax.tree.map(gather, w, spec, is_leaf=lambda s: isinstance(s, P))
+
+
 def _gather_layer(w, spec, layer, stacked: bool):
     """This device's experts of one layer, all-gathered over every mesh axis that splits their other dims."""
     if stacked:
         w = take_leading(w, layer)
         spec = jax.tree.map(lambda s: P(*tuple(s)[1:]), spec, is_leaf=lambda s: isinstance(s, P))
 
-    def gather(leaf, s):
-        for d, entry in enumerate(tuple(s)):
-            if d == 0 or entry is None:  # dim 0 holds the experts: they stay local
-                continue
-            leaf = jax.lax.all_gather(leaf, entry, axis=d, tiled=True)
-        return leaf
-
-    return jax.tree.map(gather, w, spec, is_leaf=lambda s: isinstance(s, P))
+    return _gather_dims(w, spec, 1)  # dim 0 holds the experts: they stay local
 
 
 def _needs_gather(spec, stacked: bool) -> bool:
@@ -148,13 +153,19 @@ def moe_block_parallel(xf, small: dict, gate_up, down, routing: RoutingConfig, *
     layer_arr = jnp.asarray(0 if layer is None else layer, jnp.int32)
 
     def body(xl, ml, router, w, layer_l):
-        if gather:
-            w = {k: _gather_layer(v, w_specs[k], layer_l, stacked) for k, v in w.items()}
-        w_layer = layer_l if (stacked and not gather) else None
         shard = jax.lax.axis_index("expert") if has_expert_axis else 0
         hook_layer = layer_l if layer is not None else None
-        y, sums, r = inner(xl, ml, router, w, routing, backend=backend, tile=tile, layer=hook_layer,
-                           w_layer=w_layer, n_exp=n_exp, shard=shard)
+        decode_gather = (gather and ep_path == "psum"
+                         and (choose_backend(xl.shape[0]) if backend == "auto" else backend) == "gather")
+        if decode_gather:  # gather only the selected experts' weights, not the whole layer's
+            y, sums, r = _psum_selected(xl, ml, router, w, w_specs, routing, layer=hook_layer,
+                                        w_layer=layer_l if stacked else None, n_exp=n_exp, shard=shard)
+        else:
+            if gather:
+                w = {k: _gather_layer(v, w_specs[k], layer_l, stacked) for k, v in w.items()}
+            w_layer = layer_l if (stacked and not gather) else None
+            y, sums, r = inner(xl, ml, router, w, routing, backend=backend, tile=tile, layer=hook_layer,
+                               w_layer=w_layer, n_exp=n_exp, shard=shard)
         if token_axes:
             sums = jax.tree.map(lambda s: jax.lax.psum(s, token_axes), sums)
         st = finalize(sums, E)
@@ -188,6 +199,30 @@ def _psum_path(xl, ml, router, w, routing, *, backend, tile, layer, w_layer, n_e
     w_local = jnp.where(local, r.weights, 0).astype(r.weights.dtype)
     y = run_experts(xl, w_local, local_idx, local, w["gate_up"], w["down"], backend=backend, tile=tile,
                     layer=w_layer)
+    if n_exp > 1:
+        y = jax.lax.psum(y, "expert")
+    return y, partial_sums(r, routing, ml), r
+
+
+def _psum_selected(xl, ml, router, w, w_specs, routing, *, layer, w_layer, n_exp, shard):
+    """Decode on experts split over fsdp / tensor too: each device takes the T·K selected experts' pieces from
+    its local stack, all-gathers just those, and runs them; psum over expert."""
+    r = route(xl, router, routing, token_mask=ml, layer=layer)
+    e_local = _experts_local(w, w_layer)
+    local, local_idx = _local_slots(r, e_local, shard)
+    w_local = jnp.where(local, r.weights, 0).astype(r.weights.dtype)
+    idx = local_idx.reshape(-1)
+    sel = {}
+    for k, v in w.items():
+        spec = w_specs[k]
+        if w_layer is not None:  # [L, E_l, ...] -> rows layer * E_l + expert of the flattened stack
+            v = merge_leading(v)
+            idx_k = jnp.asarray(w_layer, jnp.int32) * e_local + idx
+            spec = jax.tree.map(lambda s: P(*tuple(s)[1:]), spec, is_leaf=lambda s: isinstance(s, P))
+        else:
+            idx_k = idx
+        sel[k] = _gather_dims(jax.tree.map(lambda a: jnp.take(a, idx_k, axis=0), v), spec, 1)
+    y = gather_selected_moe(xl, w_local, r.experts, sel["gate_up"], sel["down"])
     if n_exp > 1:
         y = jax.lax.psum(y, "expert")
     return y, partial_sums(r, routing, ml), r
