@@ -18,11 +18,13 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -199,3 +201,23 @@ def per_device_bytes(info: Mapping[str, tuple[tuple[int, ...], Axes]], mesh, ite
 
 # Logical axes of a decoder KV cache [layers, batch, slots, kv_heads, head_dim].
 KV_CACHE_AXES: Axes = ("layers", "batch", None, "cache_kv_heads", None)
+
+
+def context_mesh():
+    """The mesh set with ``jax.set_mesh`` (an AbstractMesh; inside or outside jit), or None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty else mesh
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "spec"))
+def _sharded_zeros(shape, dtype, spec):
+    return jax.lax.with_sharding_constraint(jnp.zeros(shape, dtype), spec)
+
+
+def zeros(shape: tuple[int, ...], dtype, axes: Axes):
+    """Zeros laid out by ``axes`` on the context mesh, created in place on each device (inside or outside
+    jit: never built whole on one device first); plain zeros without a mesh."""
+    mesh = context_mesh()
+    if mesh is None:
+        return jnp.zeros(shape, dtype)
+    return _sharded_zeros(tuple(shape), jnp.dtype(dtype), logical_spec(axes, shape, mesh))

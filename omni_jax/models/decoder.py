@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from omni_jax import sharding
 from omni_jax.config import TextConfig
 from omni_jax.models.common import normal, ones, param_axes
 from omni_jax.moe import RoutingConfig, moe_block
@@ -152,9 +153,12 @@ class KVCache:
 
     @classmethod
     def create(cls, cfg: TextConfig, batch: int, size: int, dtype) -> "KVCache":
+        """An empty cache, sharded on the context mesh (``jax.set_mesh``) when there is one: batch over data /
+        fsdp and kv heads over tensor where they divide, created in place on the devices."""
         shape = (cfg.num_layers, batch, size, cfg.num_kv_heads, cfg.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, size), bool),
-                   jnp.zeros((), jnp.int32))
+        return cls(sharding.zeros(shape, dtype, sharding.KV_CACHE_AXES),
+                   sharding.zeros(shape, dtype, sharding.KV_CACHE_AXES),
+                   sharding.zeros((batch, size), bool, ("batch", None)), sharding.zeros((), jnp.int32, ()))
 
     @property
     def size(self) -> int:

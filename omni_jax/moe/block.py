@@ -11,6 +11,7 @@ from omni_jax.moe.parallel import moe_block_parallel, uses_parallel
 from omni_jax.moe.router import RoutingConfig, route
 from omni_jax.moe.stats import MoEStats, compute_stats
 from omni_jax.quant.weights import take_leading
+from omni_jax.sharding import context_mesh
 
 EXPERT_STACKS = ("gate_up", "down")  # the params indexed by expert inside the dispatch backends
 
@@ -22,12 +23,6 @@ def shared_expert(x: jax.Array, params: dict) -> jax.Array:
     logit = round_to_dtype(x @ params["shared_gate"].astype(dt), dt)
     gate = round_to_dtype(jax.nn.sigmoid(logit.astype(jnp.float32)), dt)
     return round_to_dtype(gate * s, dt)
-
-
-def context_mesh():
-    """The mesh set with ``jax.set_mesh`` (inside or outside jit), or None."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return None if mesh.empty else mesh
 
 
 def moe_block(

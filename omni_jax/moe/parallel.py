@@ -132,8 +132,16 @@ def moe_block_parallel(xf, small: dict, gate_up, down, routing: RoutingConfig, *
         n_group *= axis_size(mesh, a)
     if ep_path == "auto":
         ep_path = "psum" if -(-T // n_group) <= PSUM_MAX_TOKENS else "all_to_all"
+    w_specs = expert_param_specs({"gate_up": gate_up, "down": down}, mesh, stacked)
+    gather = _needs_gather(w_specs, stacked)
+    data_axes = _present(mesh, ("data",))
+    n_data = axis_size(mesh, "data")
+    # decode on experts split over fsdp / tensor: the devices that gather each other's pieces of the selected
+    # experts must have selected the same experts, so they hold the same tokens (split over data only)
+    decode_gather = (ep_path == "psum" and gather
+                     and (choose_backend(-(-T // n_data)) if backend == "auto" else backend) == "gather")
     if ep_path == "psum":
-        token_axes = group_axes
+        token_axes = data_axes if decode_gather else group_axes
     elif ep_path == "all_to_all":
         token_axes = group_axes + _present(mesh, ("expert",))
     else:
@@ -146,8 +154,6 @@ def moe_block_parallel(xf, small: dict, gate_up, down, routing: RoutingConfig, *
         xf = jnp.concatenate([xf, jnp.zeros((pad, H), xf.dtype)])
         mask = jnp.concatenate([mask, jnp.zeros((pad,), bool)])
     tok = token_axes or None
-    w_specs = expert_param_specs({"gate_up": gate_up, "down": down}, mesh, stacked)
-    gather = _needs_gather(w_specs, stacked)
     inner = _psum_path if ep_path == "psum" else _all_to_all_path
     has_expert_axis = "expert" in mesh.axis_names
     layer_arr = jnp.asarray(0 if layer is None else layer, jnp.int32)
@@ -155,8 +161,6 @@ def moe_block_parallel(xf, small: dict, gate_up, down, routing: RoutingConfig, *
     def body(xl, ml, router, w, layer_l):
         shard = jax.lax.axis_index("expert") if has_expert_axis else 0
         hook_layer = layer_l if layer is not None else None
-        decode_gather = (gather and ep_path == "psum"
-                         and (choose_backend(xl.shape[0]) if backend == "auto" else backend) == "gather")
         if decode_gather:  # gather only the selected experts' weights, not the whole layer's
             y, sums, r = _psum_selected(xl, ml, router, w, w_specs, routing, layer=hook_layer,
                                         w_layer=layer_l if stacked else None, n_exp=n_exp, shard=shard)
