@@ -7,9 +7,9 @@
 __version__ = "0.1.0"
 
 
-def load(path=None, *, dtype: str = "float32", mesh=None, demo: bool = False, progress: bool = False):
-    """``omni_jax.load(DIR, dtype=..., mesh="data=1,expert=8")`` -> a model with ``generate(messages)`` /
-    ``stream(messages)`` (see ``omni_jax.api``)."""
+def load(path=None, *, dtype: str = "auto", mesh=None, distributed=None, demo: bool = False, progress: bool = False):
+    """``omni_jax.load(DIR, dtype=..., mesh="fsdp=2,expert=4")`` -> a model with ``generate(messages)`` /
+    ``stream(messages)`` (see ``omni_jax.api``). dtype "auto": bfloat16 on GPU / TPU, float32 on CPU."""
     from omni_jax.api import load as _load
 
-    return _load(path, dtype=dtype, mesh=mesh, demo=demo, progress=progress)
+    return _load(path, dtype=dtype, mesh=mesh, distributed=distributed, demo=demo, progress=progress)

@@ -48,6 +48,8 @@ class OmniModel:
         from omni_jax.models.common import pure_params
         from omni_jax.processing.multimodal import MultimodalProcessor
 
+        # mesh: the device mesh the weights were placed on; every call runs under it (``jax.set_mesh``), so the
+        # MoE runs expert-parallel and the caches are created sharded without any option carrying it
         self.directory, self.cfg, self.model, self.dtype, self.mesh = directory, cfg, model, dtype, mesh
         self.params = pure_params(model)
         self.processor = MultimodalProcessor.from_dir(directory, cfg)
@@ -56,6 +58,14 @@ class OmniModel:
     @property
     def has_talker(self) -> bool:
         return self.cfg.has_talker
+
+    def mesh_context(self):
+        """``jax.set_mesh(self.mesh)`` (nothing without a mesh)."""
+        import contextlib
+
+        import jax
+
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
     def _prepare(self, conversations, use_audio_in_video, image_max_pixels, video_fps, video_max_frames):
         from omni_jax.models.thinker import prepare_prompt
@@ -79,10 +89,16 @@ class OmniModel:
 
         return single, conversations, True, speaker_id(self.cfg, speaker)
 
-    def _run(self, messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker, seed,
-             use_audio_in_video, image_max_pixels, video_fps, video_max_frames, max_speech_frames=4095,
-             audio_chunk_frames=300, on_text=None, on_audio=None):
+    def _run(self, *args, **kwargs):
+        with self.mesh_context():
+            return self._run_steps(*args, **kwargs)
+
+    def _run_steps(self, messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker, seed,
+                   use_audio_in_video, image_max_pixels, video_fps, video_max_frames, max_speech_frames=4095,
+                   audio_chunk_frames=300, on_text=None, on_audio=None):
         import time
+
+        from omni_jax.sharding import to_host
 
         t_start = time.perf_counter()
         t_text = t_audio = None
@@ -93,7 +109,7 @@ class OmniModel:
         prompt = self._prepare(conversations, use_audio_in_video, image_max_pixels, video_fps, video_max_frames)
         text_cfg = self.cfg.thinker.text
         taps = (self.cfg.talker.accept_hidden_layer - 1,) if speech else ()
-        opts = StackOptions.uniform(text_cfg, taps=taps, mesh=self.mesh)
+        opts = StackOptions.uniform(text_cfg, taps=taps)
         engine = ThinkerEngine(self.cfg, self.params["thinker"]["text"], opts)
         eos = {self.cfg.im_end_token_id}
         ids = [[] for _ in conversations]
@@ -106,7 +122,7 @@ class OmniModel:
             records.append(rec)
             if t_text is None:
                 t_text = time.perf_counter() - t_start
-            counts += np.asarray(rec.stats.counts)
+            counts += to_host(rec.stats.counts)
             for i, tok in enumerate(rec.tokens):
                 if done[i]:
                     continue
@@ -126,7 +142,7 @@ class OmniModel:
             for event in speak_stream(self.cfg, self.params, records, prompt, speaker=speaker,
                                       talker_sampling=talker_sampling or TalkerSampling(), seed=seed,
                                       max_frames=max_speech_frames, chunk_size=audio_chunk_frames,
-                                      talker_opts=StackOptions.uniform(self.cfg.talker.text, mesh=self.mesh)):
+                                      talker_opts=StackOptions.uniform(self.cfg.talker.text)):
                 if event["type"] == "audio":
                     if t_audio is None:
                         t_audio = time.perf_counter() - t_start
@@ -143,9 +159,13 @@ class OmniModel:
             r.extras.update(timing)
         return results[0] if single else results
 
-    def _run_fused(self, messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker, seed,
-                   use_audio_in_video, image_max_pixels, video_fps, video_max_frames, max_speech_frames,
-                   audio_chunk_frames):
+    def _run_fused(self, *args):
+        with self.mesh_context():
+            return self._run_fused_program(*args)
+
+    def _run_fused_program(self, messages, max_new_tokens, thinker_sampling, talker_sampling, speech, speaker,
+                           seed, use_audio_in_video, image_max_pixels, video_fps, video_max_frames,
+                           max_speech_frames, audio_chunk_frames):
         import time
 
         from omni_jax.generation.fused import generate_fused
@@ -156,7 +176,7 @@ class OmniModel:
         eos = {self.cfg.im_end_token_id}
         res = generate_fused(self.cfg, self.params, prompt, max_new_tokens, thinker_sampling or SamplingConfig.greedy(),
                              eos, speech=speech, speaker_id=sid, talker_sampling=talker_sampling,
-                             max_frames=max_speech_frames, seed=seed, chunk_size=audio_chunk_frames, mesh=self.mesh)
+                             max_frames=max_speech_frames, seed=seed, chunk_size=audio_chunk_frames)
         out = []
         for i, ids in enumerate(res.tokens):
             r = GenerationResult(self.tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True),
@@ -237,13 +257,33 @@ def _defaults(kwargs: dict) -> dict:
     return d
 
 
-def load(path: str | Path | None = None, *, dtype: str = "float32", mesh=None, demo: bool = False,
+def resolve_mesh(path: Path, mesh, dtype: str):
+    """A Mesh for ``mesh`` (a Mesh, a spec string or None); a spec is first checked against the checkpoint's
+    config, so that a size that does not divide a weight is named before the device count is looked at."""
+    if mesh is None or hasattr(mesh, "devices"):
+        return mesh
+    from omni_jax.config import OmniConfig
+    from omni_jax.models.omni import model_param_info
+    from omni_jax.sharding import check_fits, make_mesh, parse_mesh_spec
+
+    parse_mesh_spec(mesh)
+    if path.is_dir():
+        check_fits(model_param_info(OmniConfig.from_file(path), dtype), mesh)
+    return make_mesh(mesh)
+
+
+def load(path: str | Path | None = None, *, dtype: str = "auto", mesh=None, distributed=None, demo: bool = False,
          progress: bool = False) -> OmniModel:
     """Load a Hugging Face or converted checkpoint directory; ``demo=True`` uses the random-weight demo.
 
-    mesh: a ``jax.sharding.Mesh`` or a spec such as ``"data=1,expert=8"``: the MoE experts are split over the
-    ``expert`` axis (expert-parallel MoE in every forward); a converted checkpoint is restored straight onto
-    the devices, one storage unit at a time."""
+    dtype: "auto" (bfloat16 on GPU / TPU, float32 on CPU), "float32" or "bfloat16".
+    mesh: a ``jax.sharding.Mesh`` or a spec such as ``"fsdp=2,expert=4"`` (axes data, fsdp, tensor, expert):
+    every weight is split by its declared logical axes and each device reads only its own pieces from the
+    checkpoint (no host copy of the model); generation runs under this mesh (expert-parallel MoE, sharded
+    KV caches). distributed: True (JAX's environment or cluster detection) or
+    ``{"coordinator": "HOST:PORT", "num_processes": N, "process_id": I}``: join a multi-process run first
+    (the mesh then spans every process's devices)."""
+    from omni_jax import distributed as dist
     from omni_jax.weights import load_checkpoint
 
     if path is None:
@@ -253,9 +293,12 @@ def load(path: str | Path | None = None, *, dtype: str = "float32", mesh=None, d
 
         path = ensure_demo_checkpoint()
     path = Path(path)
-    if isinstance(mesh, str):
-        from omni_jax.sharding import make_mesh
+    if dtype not in ("auto", "float32", "bfloat16"):
+        from omni_jax.errors import UsageError
 
-        mesh = make_mesh(mesh)
+        raise UsageError(f"dtype {dtype!r}: choose auto, float32 or bfloat16")
+    dist.initialize(dist.as_distributed(distributed))
+    dtype = dist.default_dtype() if dtype == "auto" else dtype
+    mesh = resolve_mesh(path, mesh, dtype)
     cfg, model = load_checkpoint(path, dtype=dtype, mesh=mesh, progress=progress)
     return OmniModel(path, cfg, model, dtype, mesh)

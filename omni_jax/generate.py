@@ -2,8 +2,9 @@
 
     python -m omni_jax.generate --checkpoint DIR --prompt "Hello" [--system TEXT] [--max-new-tokens N]
         [--image PATH]... [--audio PATH]... [--video PATH]... [--use-audio-in-video]
-        [--greedy | --temperature T --top-p P --top-k K --seed S] [--dtype float32|bfloat16] [--json]
-        [--speaker NAME] [--wav-out FILE] [--no-speech]
+        [--greedy | --temperature T --top-p P --top-k K --seed S] [--dtype auto|float32|bfloat16] [--json]
+        [--speaker NAME] [--wav-out FILE] [--no-speech] [--mesh fsdp=2,expert=4]
+        [--distributed | --coordinator HOST:PORT --num-processes N --process-id I]
 
 DIR is a Hugging Face Qwen3-Omni checkpoint directory or one written by convert/hf_to_orbax.py. The prompt
 is the user turn rendered with the checkpoint's chat template (with the generation prompt); its content is
@@ -11,15 +12,24 @@ the images, then the audios, then the videos, then the prompt text. Text streams
 to stdout as it is produced; with ``--json`` the last stdout line is one JSON object. Speech is on when
 the checkpoint has a talker (``--no-speech`` turns it off): the Talker speaks the generated text with
 ``--speaker`` and the 24 kHz waveform is written to ``--wav-out``.
+
+Several hosts: run the same command on every host with ``--coordinator HOST:PORT --num-processes N
+--process-id I`` (or ``--distributed`` where JAX finds them: ``JAX_COORDINATOR_ADDRESS``, TPU pods, SLURM);
+the ``--mesh`` spans every process's devices and only process 0 prints and writes files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+from omni_jax import distributed
+from omni_jax.errors import InputFileError, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="parameter and activation dtype (default auto: bfloat16 on GPU / TPU, float32 on CPU)")
     p.add_argument("--mesh", default=None,
-                   help="device mesh, e.g. data=1,expert=8: experts split over the expert axis (expert parallel)")
+                   help="device mesh over axes data, fsdp, tensor, expert, e.g. fsdp=2,expert=4 (absent axes are 1): "
+                        "every weight is split by its logical axes, the MoE runs expert-parallel")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run found by JAX (JAX_COORDINATOR_ADDRESS, TPU pods, SLURM)")
+    p.add_argument("--coordinator", default=None, help="multi-process run: process 0's HOST:PORT")
+    p.add_argument("--num-processes", type=int, default=None, help="multi-process run: how many processes")
+    p.add_argument("--process-id", type=int, default=None, help="multi-process run: this process's index")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     p.add_argument("--speaker", default="Ethan", help="talker voice (case-insensitive; e.g. Ethan, Chelsie, Aiden)")
     p.add_argument("--wav-out", type=Path, default=None, help="where to write the speech (default output.wav)")
@@ -89,18 +106,19 @@ def router_stats_json(records, prompt_len: int, n_layers: int) -> dict:
     """Per-layer expert counts, prompt (prefill) and generated tokens separately."""
     import numpy as np
 
-    prompt = np.asarray(records[0].stats.counts)
-    gen = sum((np.asarray(r.stats.counts) for r in records[1:]), np.zeros_like(prompt))
+    from omni_jax.sharding import to_host
+
+    prompt = to_host(records[0].stats.counts)
+    gen = sum((to_host(r.stats.counts) for r in records[1:]), np.zeros_like(prompt))
     return {"num_layers": n_layers, "prompt_tokens": prompt_len, "generated_tokens": len(records) - 1,
             "prompt_counts": prompt.tolist(), "generated_counts": gen.tolist()}
 
 
 def run(args) -> dict:
-    import numpy as np
+    import jax
 
+    from omni_jax.api import resolve_mesh
     from omni_jax.config import OmniConfig
-    from omni_jax.generation.thinker_engine import ThinkerEngine
-    from omni_jax.models.common import pure_params
     from omni_jax.processing.chat import build_messages
     from omni_jax.processing.prompt import TextProcessor, prepare_text_batch
     from omni_jax.weights import load_checkpoint
@@ -123,9 +141,16 @@ def run(args) -> dict:
         if args.audio_chunk_frames is None:
             args.audio_chunk_frames = 10
     if ckpt is None:
-        raise ValueError("--checkpoint is required (or --demo)")
+        raise UsageError("--checkpoint is required (or --demo)")
     if not ckpt.is_dir():
-        raise ValueError(f"{ckpt}: checkpoint directory not found")
+        raise InputFileError(f"{ckpt}: checkpoint directory not found")
+    dist_cfg = None
+    if args.distributed or args.coordinator or args.num_processes is not None or args.process_id is not None:
+        dist_cfg = distributed.Distributed(args.coordinator, args.num_processes, args.process_id).check()
+    if args.mesh:
+        from omni_jax.sharding import parse_mesh_spec
+
+        parse_mesh_spec(args.mesh)
     if args.max_new_tokens < 1:
         raise ValueError("--max-new-tokens must be >= 1")
     if args.audio_chunk_frames is not None and args.audio_chunk_frames < 1:
@@ -151,27 +176,40 @@ def run(args) -> dict:
     speech = cfg.has_talker and not args.no_speech
     from omni_jax.models.decoder import StackOptions
 
-    mesh = None
-    if args.mesh:
-        from omni_jax.sharding import make_mesh
-
-        mesh = make_mesh(args.mesh)  # a bad spec fails before loading
+    distributed.initialize(dist_cfg)
+    primary = distributed.is_primary()
+    dtype = distributed.default_dtype() if args.dtype == "auto" else args.dtype
+    mesh = resolve_mesh(ckpt, args.mesh, dtype)  # a bad spec fails before loading
     taps = ()
     if speech:
         from omni_jax.generation.speech import speaker_id
 
         speaker_id(cfg, args.speaker)  # an unknown speaker fails before any generation
         taps = (cfg.talker.accept_hidden_layer - 1,)
-    opts = StackOptions.uniform(cfg.thinker.text, taps=taps, mesh=mesh)
+    opts = StackOptions.uniform(cfg.thinker.text, taps=taps)
     from omni_jax.generation.thinker_engine import cache_size_for
 
     prompt_len = batch.input_ids.shape[1] if has_media else prompt.length
     cache_size_for(cfg.thinker.text, prompt_len, args.max_new_tokens)  # a too-long prompt fails before loading
     t0 = time.perf_counter()
-    cfg, model = load_checkpoint(ckpt, dtype=args.dtype, progress=sys.stderr.isatty(), mesh=mesh)
+    cfg, model = load_checkpoint(ckpt, dtype=dtype, progress=sys.stderr.isatty() and primary, mesh=mesh)
     load_s = time.perf_counter() - t0
+    with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+        return _generate(args, cfg, model, processor, prompt, batch if has_media else None, sampling, opts, speech,
+                         ckpt, load_s, primary)
+
+
+def _generate(args, cfg, model, processor, prompt, batch, sampling, opts, speech, ckpt, load_s, primary) -> dict:
+    import numpy as np
+
+    from omni_jax.generation.thinker_engine import ThinkerEngine
+    from omni_jax.models.common import pure_params
+    from omni_jax.models.decoder import StackOptions
+
+    out = sys.stdout if primary else open(os.devnull, "w")
+    err = sys.stderr if primary else out
     params = pure_params(model)
-    if has_media:
+    if batch is not None:
         from omni_jax.models.thinker import prepare_prompt
 
         prompt = prepare_prompt(params["thinker"], cfg, batch)
@@ -192,15 +230,15 @@ def run(args) -> dict:
             break
         delta = decoder.push(tok)
         if delta and not args.json:
-            sys.stdout.write(delta)
-            sys.stdout.flush()
+            out.write(delta)
+            out.flush()
     tail = decoder.finish()
     if tail and not args.json:
-        sys.stdout.write(tail)
+        out.write(tail)
     if not args.json:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        print(f"[{len(ids)} tokens, first after {t_first or 0.0:.2f} s]", file=sys.stderr)
+        out.write("\n")
+        out.flush()
+        print(f"[{len(ids)} tokens, first after {t_first or 0.0:.2f} s]", file=err)
     elapsed = time.perf_counter() - t_start
     text = processor.tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True)
     result = {
@@ -218,14 +256,15 @@ def run(args) -> dict:
         t_speech = time.perf_counter()
         wav_out = args.wav_out or Path("demo.wav" if args.demo else "output.wav")
         t_audio = None
-        with WavStreamWriter(wav_out) as writer:
+        with WavStreamWriter(wav_out) if primary else contextlib.nullcontext() as writer:
             for event in speak_stream(cfg, params, records, prompt, speaker=args.speaker,
                                       talker_sampling=TalkerSampling.greedy() if args.greedy else TalkerSampling(),
                                       seed=args.seed, max_frames=args.max_speech_frames or 4095,
                                       chunk_size=args.audio_chunk_frames or 300,
-                                      talker_opts=StackOptions.uniform(cfg.talker.text, mesh=mesh)):
+                                      talker_opts=StackOptions.uniform(cfg.talker.text)):
                 if event["type"] == "audio":
-                    writer.write(event["wav"])
+                    if writer is not None:
+                        writer.write(event["wav"])
                     if t_audio is None:
                         t_audio = time.perf_counter() - t_start
                 else:
@@ -239,12 +278,14 @@ def run(args) -> dict:
         else:
             ttfa = "" if t_audio is None else f", first audio after {t_audio:.2f} s"
             print(f"[speech: {len(codes)} frames, {res.wavs[0].size / res.sample_rate:.2f} s at "
-                  f"{res.sample_rate} Hz -> {wav_out}{ttfa}]", file=sys.stderr)
+                  f"{res.sample_rate} Hz -> {wav_out}{ttfa}]", file=err)
     if args.demo:
         result["demo_random_weights"] = True
     if args.router_stats is not None:
         stats = router_stats_json(records, result["prompt_tokens"], cfg.thinker.text.num_layers)
-        args.router_stats.write_text(json.dumps(stats))
+        if primary:
+            args.router_stats.write_text(json.dumps(stats))
+    result["_primary"] = primary
     return result
 
 
@@ -255,11 +296,11 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"omni_jax.generate: error: {msg}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)
     except KeyboardInterrupt:
         print("omni_jax.generate: interrupted", file=sys.stderr)
         return 130
-    if args.json:
+    if args.json and result.pop("_primary", True):
         print(json.dumps(result, ensure_ascii=False))
     return 0
 

@@ -123,6 +123,20 @@ def make_mesh(spec: str | Mapping[str, int] | Mesh, devices: Sequence | None = N
     return Mesh(np.array(devices[:n], dtype=object).reshape(shape), MESH_AXES, axis_types=types)
 
 
+def abstract_mesh(spec: str | Mapping[str, int]):
+    """The mesh's shape without devices (to check a spec against a model before any device is needed)."""
+    sizes = mesh_sizes(spec)
+    return jax.sharding.AbstractMesh(tuple(sizes.values()), tuple(sizes),
+                                     axis_types=(jax.sharding.AxisType.Auto,) * len(sizes))
+
+
+def check_fits(info: Mapping[str, tuple[tuple[int, ...], Axes]], spec: str | Mapping[str, int]) -> None:
+    """Raise ``ShardingError`` (naming the weight and dimension) if the spec cannot split these arrays."""
+    mesh = abstract_mesh(spec)
+    for path, (shape, axes) in info.items():
+        logical_spec(axes, shape, mesh, name=path)
+
+
 def mesh_spec_string(mesh) -> str:
     """``"fsdp=2,expert=4"`` for a mesh (axes of size 1 left out; ``"data=1"`` for a single device)."""
     parts = [f"{a}={mesh.shape[a]}" for a in mesh.axis_names if mesh.shape[a] > 1]
@@ -221,3 +235,47 @@ def zeros(shape: tuple[int, ...], dtype, axes: Axes):
     if mesh is None:
         return jnp.zeros(shape, dtype)
     return _sharded_zeros(tuple(shape), jnp.dtype(dtype), logical_spec(axes, shape, mesh))
+
+
+def replicated(tree):
+    """Inside jit on a context mesh: every array of the tree replicated over the mesh (the small values the host
+    reads or feeds back into the next step: each step then sees the same layouts, and every process can read
+    them). Without a mesh: unchanged."""
+    mesh = context_mesh()
+    if mesh is None:
+        return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, P()), tree)
+
+
+def constrain_cache(cache):
+    """Inside jit on a context mesh: a decoder KV cache kept in the layout ``zeros`` created it with."""
+    mesh = context_mesh()
+    if mesh is None:
+        return cache
+
+    def fix(x, axes):
+        return jax.lax.with_sharding_constraint(x, logical_spec(axes, x.shape, mesh))
+
+    return type(cache)(fix(cache.k, KV_CACHE_AXES), fix(cache.v, KV_CACHE_AXES), fix(cache.valid, ("batch", None)),
+                       fix(cache.length, ()))
+
+
+def on_mesh(tree):
+    """Host values (or device arrays) as arrays replicated over the context mesh, outside jit: committed, so a
+    jitted step sees the same input layout at every call (in a multi-process run every process passes the
+    same value). Without a mesh: ``jnp.asarray``."""
+    mesh = jax.sharding.get_mesh()
+    if mesh.empty:
+        return jax.tree.map(jnp.asarray, tree)
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+
+def to_host(x) -> np.ndarray:
+    """A (device) array's whole value on this process. On a mesh spanning processes an array split across them
+    is all-gathered (every process calls this at the same point, so every process gets the same value)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

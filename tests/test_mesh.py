@@ -1,33 +1,104 @@
-"""Restoring a converted checkpoint onto a device mesh (8 simulated CPU devices, in a subprocess) and
-generating text and speech with expert-parallel MoE: equal to the single-device run."""
+"""The whole model on 8 simulated CPU devices, and as 2 processes x 4 devices: equal to one device.
+
+Meshes expert=8, fsdp=8, fsdp=2,expert=4, tensor=2,expert=4 and data=2,fsdp=2,expert=2 (two worker
+subprocesses in parallel), each loaded from the HF or the converted directory with every weight placed by its
+logical axes: the parameters are bit-identical to the single-device load, one weight of each component is
+split over every weight-sharding device, and a text + image + audio prompt with speech gives the same greedy
+tokens and codec codes and a waveform with correlation >= 0.9999 (fp32: the sharded sums run in another
+order; seen: identical). Then the CLI as 2 processes (jax.distributed, gloo, a coordinator on 127.0.0.1)
+with expert=8 and fsdp=2,expert=4 spanning both: the same output; only process 0 prints and writes.
+"""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from multimodal_helpers import write_audio, write_image
+
 ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "mesh_worker.py"
+WORKERS = (("--reference", "expert=8", "fsdp=8"), ("fsdp=2,expert=4", "tensor=2,expert=4", "data=2,fsdp=2,expert=2"))
+MESHES = [m for w in WORKERS for m in w if m != "--reference"]
 
 
-def test_restore_onto_mesh_and_generate(tiny_ckpt, tmp_path):
-    out = tmp_path / "converted"
-    c = subprocess.run([sys.executable, str(ROOT / "convert" / "hf_to_orbax.py"), str(tiny_ckpt), str(out),
+def _env(devices: int | None = None) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_ckpt, tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("mesh")
+    converted = d / "converted"
+    c = subprocess.run([sys.executable, str(ROOT / "convert" / "hf_to_orbax.py"), str(tiny_ckpt), str(converted),
                         "--dtype", "float32", "--group-mb", "1"], capture_output=True, text=True)
     assert c.returncode == 0, c.stderr
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, str(ROOT / "tests" / "mesh_worker.py"), str(out), str(tiny_ckpt)],
-                       capture_output=True, text=True, env=env, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    res = json.loads(p.stdout.strip().splitlines()[-1])
-    assert res["devices"] == 8
-    L, E = res["full_shape"][:2]
-    for spec, n_expert in (("data=1,expert=8", 8), ("data=2,expert=4", 4)):
-        m = res["meshes"][spec]
-        assert m["params_equal"], spec  # restored unit by unit into the shards: bit-identical
-        assert m["expert_shard_shape"][:2] == [L, E // n_expert], spec  # each device holds E / n experts
-        assert m["router_replicated"]
-        assert m["tokens_equal"], spec
-    speech = res["meshes"]["data=1,expert=8"]
-    assert speech["codes_equal"] and speech["wav_max_diff"] < 1e-5  # fp32: EP sums in another order
-    assert res["hf_dir_params_equal"] and res["hf_dir_expert_devices"] == 8
+    media = dict(image=write_image(d / "m.png", 64, 96, 0), audio=write_audio(d / "m.wav", 1.5, 16000, 0))
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(converted), str(tiny_ckpt), str(media["image"]),
+                               str(media["audio"]), *w], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env()) for w in WORKERS]
+    out = {}
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=900)
+        assert p.returncode == 0, stderr[-3000:]
+        out.update({r["run"]: r for r in _lines(stdout)})
+    return dict(out, converted=converted, **media)
+
+
+def _same_output(got: dict, ref: dict, what: str):
+    assert got["token_ids"] == ref["token_ids"], what
+    assert got["codec_codes"] == ref["codec_codes"] and len(ref["codec_codes"]) > 0, what
+    assert np.corrcoef(got["wav"], ref["wav"])[0, 1] >= 0.9999, what
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_mesh_equals_single_device(runs, mesh):
+    r, ref = runs[mesh], runs["single"]
+    assert r["params_equal"], mesh  # placed unit by unit / row block by row block: bit-identical
+    assert all(r["split_n_ways"].values()), r["split_n_ways"]  # each device holds 1/N of every component
+    assert r["weight_devices"] == (4 if mesh.startswith("data=2") else 8)
+    _same_output(r, ref, mesh)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mesh", ["expert=8", "fsdp=2,expert=4"])
+def test_two_processes_cli_equals_single_process(runs, mesh, tmp_path):
+    port = _free_port()
+    args = ["--checkpoint", str(runs["converted"]), "--prompt", "What do you see and hear?", "--image",
+            str(runs["image"]), "--audio", str(runs["audio"]), "--greedy", "--max-new-tokens", "4",
+            "--max-speech-frames", "3", "--json", "--mesh", mesh, "--coordinator", f"127.0.0.1:{port}",
+            "--num-processes", "2"]
+    procs = [subprocess.Popen([sys.executable, "-m", "omni_jax.generate", *args, "--process-id", str(i),
+                               "--wav-out", str(tmp_path / f"p{i}.wav")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env(4)) for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=600)
+            assert p.returncode == 0, stderr[-3000:]
+            outs.append(_lines(stdout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert len(outs[0]) == 1 and outs[1] == []  # only process 0 prints its result ...
+    assert (tmp_path / "p0.wav").is_file() and not (tmp_path / "p1.wav").exists()  # ... and writes the wav
+    _same_output(outs[0][0], runs["single"], mesh)

@@ -31,6 +31,7 @@ from omni_jax.generation.talker_prompt import (GEN_BUCKET, TRAILING_BUCKET, Talk
 from omni_jax.models import thinker_text
 from omni_jax.models.code2wav import _decode_window, total_upsample, wav_length
 from omni_jax.models.decoder import KVCache, StackOptions
+from omni_jax.sharding import to_host
 
 
 @dataclass
@@ -171,15 +172,16 @@ def compile_count() -> int:
 def generate_fused(cfg: OmniConfig, params: dict, prompt, max_new_tokens: int, sampling: SamplingConfig,
                    eos_ids, *, speech: bool = True, speaker_id: int | None = None, talker_sampling=None,
                    max_frames: int = 4095, seed: int = 0, chunk_size: int = 300, left_context: int = 25,
-                   media: TalkerMedia | None = None, mesh=None) -> FusedResult:
+                   media: TalkerMedia | None = None) -> FusedResult:
     """Host wrapper: plan the talker prompt, run ``fused_generate`` once, cut tokens and waveforms per row.
 
-    prompt: the Thinker's ``PreparedPrompt``; the talker row ``b`` samples with ``seed + b`` (as ``speak``)."""
+    prompt: the Thinker's ``PreparedPrompt``; the talker row ``b`` samples with ``seed + b`` (as ``speak``).
+    On a mesh (``jax.set_mesh``) the MoE runs expert-parallel and the caches are created sharded."""
     tcfg = cfg.thinker.text
     eos = tuple(sorted(int(e) for e in eos_ids))
     cache_size = th.cache_size_for(tcfg, prompt.length, max_new_tokens)
     taps = (cfg.talker.accept_hidden_layer - 1,) if speech else ()
-    thinker_opts = StackOptions.uniform(tcfg, taps=taps, mesh=mesh)
+    thinker_opts = StackOptions.uniform(tcfg, taps=taps)
     embeds = prompt.inputs_embeds
     if embeds is None:
         embeds = th._embed(params["thinker"]["text"], jnp.asarray(prompt.input_ids))
@@ -192,14 +194,14 @@ def generate_fused(cfg: OmniConfig, params: dict, prompt, max_new_tokens: int, s
         p = plan_talker_prompt(cfg, prompt.input_ids, prompt.attention_mask, speaker_id, media)
         has_mm = p.has_mm
         plan = {k: jnp.asarray(v) for k, v in vars(p).items()}
-        talker_opts = StackOptions.uniform(cfg.talker.text, mesh=mesh)
+        talker_opts = StackOptions.uniform(cfg.talker.text)
         talker_cache = th.round_up(p.mask.shape[1] + max_frames + 1, th.CACHE_BUCKET)
     out = fused_generate(params, cfg, thinker_opts, talker_opts, sampling, talker_sampling or te.TalkerSampling(),
                          eos, max_new_tokens, max_frames, cache_size, talker_cache, speech, chunk_size, left_context,
                          has_mm, embeds, jnp.asarray(prompt.position_ids), jnp.asarray(prompt.attention_mask),
                          prompt.deepstack, jnp.asarray(prompt.input_ids), jnp.asarray(prompt.rope_deltas),
                          jnp.asarray(seed, jnp.uint32), plan, jnp.arange(seed, seed + b, dtype=jnp.uint32))
-    buf = np.asarray(out["tokens"])[: int(out["records"])]
+    buf = to_host(out["tokens"])[: int(to_host(out["records"]))]
     tokens = []
     for i in range(b):
         row = []
@@ -210,8 +212,8 @@ def generate_fused(cfg: OmniConfig, params: dict, prompt, max_new_tokens: int, s
         tokens.append(row)
     if not speech:
         return FusedResult(tokens, None, None)
-    frames, valid = np.asarray(out["frames"]), np.asarray(out["valid"])
-    chunks = np.asarray(out["chunks"], np.float32)  # [chunks, B, samples]
+    frames, valid = to_host(out["frames"]), to_host(out["valid"])
+    chunks = to_host(out["chunks"]).astype(np.float32)  # [chunks, B, samples]
     first = total_upsample(cfg.code2wav)
     codes, wavs = [], []
     for i in range(b):

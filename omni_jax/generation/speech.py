@@ -19,6 +19,7 @@ from omni_jax.generation.talker_engine import FrameRecord, TalkerEngine, TalkerS
 from omni_jax.generation.talker_prompt import TalkerMedia, build_talker_prompt
 from omni_jax.models.code2wav import chunked_decode
 from omni_jax.models.decoder import StackOptions
+from omni_jax.sharding import to_host
 
 SAMPLE_RATE = 24_000
 CHUNK_SIZE, LEFT_CONTEXT = 300, 25
@@ -100,7 +101,7 @@ def decode_rows(code2wav_params: dict, cfg: OmniConfig, codes: Sequence[np.ndarr
             wavs.append(np.zeros(0, np.float32))
             continue
         wav = chunked_decode(code2wav_params, x.T[None], c, CHUNK_SIZE, LEFT_CONTEXT)[0]
-        wavs.append(np.asarray(wav, np.float32))
+        wavs.append(to_host(wav).astype(np.float32))
     return wavs
 
 

@@ -35,6 +35,7 @@ from omni_jax.generation.thinker_engine import CACHE_BUCKET, round_up
 from omni_jax.models import code_predictor as cp
 from omni_jax.models.decoder import KVCache, StackOptions
 from omni_jax.models.talker import talker_forward
+from omni_jax.sharding import constrain_cache, on_mesh, replicated, to_host
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def _prefill(params, cfg: TalkerConfig, opts: StackOptions, sampling: TalkerSamp
     seen = jnp.zeros((b, v), bool)
     keys = jax.vmap(jax.random.split)(row_keys(seeds, 0))[:, 0]
     c0 = _sample_rows(out["logits"][:, -1], keys, sampling.talker(), seen, jnp.asarray(suppressed_tokens(cfg)))
-    return c0, out["hidden"][:, -1], out["cache"], out["stats"]
+    c0, hidden, stats = replicated((c0, out["hidden"][:, -1], out["stats"]))
+    return c0, hidden, constrain_cache(out["cache"]), stats
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "opts", "sampling"), donate_argnames=("cache",))
@@ -126,7 +128,8 @@ def _step(params, cfg: TalkerConfig, opts: StackOptions, sampling: TalkerSamplin
     seen = seen.at[jnp.arange(c0.shape[0]), c0].set(True)
     nxt = _sample_rows(out["logits"][:, -1], keys[:, 0], sampling.talker(), seen,
                        jnp.asarray(suppressed_tokens(cfg)))
-    return frame, nxt, out["hidden"][:, -1], seen, out["cache"], out["stats"], x[:, 0]
+    frame, nxt, hidden, seen, stats, x = replicated((frame, nxt, out["hidden"][:, -1], seen, out["stats"], x[:, 0]))
+    return frame, nxt, hidden, seen, constrain_cache(out["cache"]), stats, x
 
 
 @dataclass
@@ -161,28 +164,27 @@ class TalkerEngine:
             raise ValueError(f"{len(seeds)} seeds for a batch of {b} rows")
         if max_frames < 0:
             raise ValueError(f"max_frames must be >= 0, got {max_frames}")
-        seeds = jnp.asarray(seeds, jnp.uint32)
+        seeds = on_mesh(np.asarray(seeds, np.uint32))
         cache = KVCache.create(self.cfg.text, b, self.cache_size(prompt.length, max_frames), self.dtype)
         c0, hidden, cache, _ = _prefill(self.params, self.cfg, self.opts, sampling,
-                                        jnp.asarray(prompt.inputs_embeds, self.dtype),
-                                        jnp.asarray(prompt.position_ids), jnp.asarray(prompt.attention_mask),
-                                        cache, seeds)
+                                        on_mesh(jnp.asarray(prompt.inputs_embeds, self.dtype)),
+                                        *on_mesh((prompt.position_ids, prompt.attention_mask)), cache, seeds)
         eos = self.cfg.codec_eos_token_id
-        done = np.asarray(c0) == eos
-        seen = jnp.zeros((b, self.cfg.text.vocab_size), bool)
-        positions = jnp.asarray(prompt.next_position, jnp.float32)
-        trailing = jnp.asarray(prompt.trailing_text, self.dtype)
-        lengths = jnp.asarray(prompt.trailing_lengths, jnp.int32)
-        pad = jnp.asarray(prompt.tts_pad_embed, self.dtype)
+        done = to_host(c0) == eos
+        seen = on_mesh(np.zeros((b, self.cfg.text.vocab_size), bool))
+        positions = on_mesh(np.asarray(prompt.next_position, np.float32))
+        trailing = on_mesh(jnp.asarray(prompt.trailing_text, self.dtype))
+        lengths = on_mesh(np.asarray(prompt.trailing_lengths, np.int32))
+        pad = on_mesh(jnp.asarray(prompt.tts_pad_embed, self.dtype))
         for s in range(max_frames):
             if done.all():
                 return
             active = ~done
             frame, c0, hidden, seen, cache, stats, x = _step(
-                self.params, self.cfg, self.opts, sampling, jnp.asarray(s, jnp.int32), c0, hidden,
-                jnp.asarray(active), seen, positions + s, trailing, lengths, pad, cache, seeds)
-            yield FrameRecord(np.asarray(frame), active, stats, x)
-            done |= np.asarray(c0) == eos
+                self.params, self.cfg, self.opts, sampling, *on_mesh((np.int32(s), c0, hidden, active)), seen,
+                on_mesh(positions + s), trailing, lengths, pad, cache, seeds)
+            yield FrameRecord(to_host(frame), active, stats, x)
+            done |= to_host(c0) == eos
 
     def generate(self, prompt: TalkerPrompt, max_frames: int, sampling: TalkerSampling = TalkerSampling(),
                  seeds: Sequence[int] | int = 0) -> list[np.ndarray]:

@@ -44,6 +44,7 @@ from omni_jax.config import OmniConfig
 from omni_jax.generation.thinker_engine import PROMPT_BUCKET, round_up
 from omni_jax.models.talker import resize_mlp
 from omni_jax.positions import RopeIndexConfig, get_rope_index
+from omni_jax.sharding import to_host
 
 ASSISTANT_POSITIONS = 9
 TRAILING_BUCKET = 32
@@ -240,9 +241,9 @@ def build_talker_prompt(cfg: OmniConfig, talker_params: dict, thinker_embed_tabl
     # generated tokens' embeddings (records 1..), host-concatenated and padded to a bucket
     steps = len(records) - 1
     hth = prompt_embeds.shape[-1]
-    gen_embeds = np.zeros((b, round_up(max(steps, 1), GEN_BUCKET), hth), np.asarray(records[0].embeds[:1, :1]).dtype)
+    gen_embeds = np.zeros((b, round_up(max(steps, 1), GEN_BUCKET), hth), np.dtype(records[0].embeds.dtype))
     if steps:
-        gen_embeds[:, :steps] = np.concatenate([np.asarray(r.embeds) for r in records[1:]], axis=1)
+        gen_embeds[:, :steps] = np.concatenate([to_host(r.embeds) for r in records[1:]], axis=1)
     trail_len = np.maximum(gen - 1, 1).astype(np.int32)  # g2 .. g_{n-1} (n - 2 entries) + Eos
     t_width = round_up(int(trail_len.max()), TRAILING_BUCKET)
     embeds, trailing, pad = assemble_talker_prompt(plan, talker_params, thinker_embed_table, prompt_embeds,

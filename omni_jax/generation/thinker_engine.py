@@ -21,6 +21,7 @@ from omni_jax.config import OmniConfig, TextConfig
 from omni_jax.generation.sampling import SamplingConfig, sample
 from omni_jax.models import thinker_text
 from omni_jax.models.decoder import KVCache, StackOptions
+from omni_jax.sharding import constrain_cache, on_mesh, replicated, to_host
 
 PROMPT_BUCKET = 32
 CACHE_BUCKET = 128
@@ -94,7 +95,8 @@ def _prefill(params, cfg: TextConfig, opts: StackOptions, inputs_embeds, positio
              deepstack):
     out = thinker_text.text_forward(params, cfg, opts, inputs_embeds, position_ids, attention_mask, cache=cache,
                                     deepstack=deepstack, logits_at="last")
-    return out["logits"][:, -1], out["cache"], out["stats"], out["hidden_states"]
+    logits, stats, taps = replicated((out["logits"][:, -1], out["stats"], out["hidden_states"]))
+    return logits, constrain_cache(out["cache"]), stats, taps
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "opts"), donate_argnames=("cache",))
@@ -104,11 +106,16 @@ def _step(params, cfg: TextConfig, opts: StackOptions, tokens, positions, cache)
     pos = jnp.broadcast_to(positions[None, :, None], (3, tokens.shape[0], 1))
     mask = jnp.ones((tokens.shape[0], 1), jnp.int32)
     out = thinker_text.text_forward(params, cfg, opts, emb, pos, mask, cache=cache, logits_at="last")
-    return out["logits"][:, -1], out["cache"], out["stats"], out["hidden_states"], emb
+    logits, stats, taps, emb = replicated((out["logits"][:, -1], out["stats"], out["hidden_states"], emb))
+    return logits, constrain_cache(out["cache"]), stats, taps, emb
 
 
 _embed = jax.jit(thinker_text.embed_tokens)
-_sample = jax.jit(sample, static_argnames=("cfg",))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _sample(logits, key, cfg: SamplingConfig, seen=None):
+    return replicated(sample(logits, key, cfg, seen=seen))  # every process (and device) holds the tokens
 
 
 def cache_size_for(text_cfg: TextConfig, prompt_len: int, max_new_tokens: int) -> int:
@@ -154,20 +161,20 @@ class ThinkerEngine:
         if embeds is None:
             embeds = _embed(self.params, jnp.asarray(prompt.input_ids))
         logits, cache, stats, taps = _prefill(self.params, self.text_cfg, opts, embeds,
-                                              jnp.asarray(prompt.position_ids), jnp.asarray(prompt.attention_mask),
+                                              *on_mesh((prompt.position_ids, prompt.attention_mask)),
                                               cache, prompt.deepstack)
-        key = jax.random.key(seed)
+        key = on_mesh(jax.random.key(seed))
         v = self.text_cfg.vocab_size
-        seen = jnp.zeros((b, v), bool)
+        seen = np.zeros((b, v), bool)
         if sampling.repetition_penalty != 1.0:
-            seen = seen.at[jnp.arange(b)[:, None], jnp.asarray(prompt.input_ids)].set(
-                jnp.asarray(prompt.attention_mask).astype(bool))
+            seen[np.arange(b)[:, None], np.asarray(prompt.input_ids)] = np.asarray(prompt.attention_mask).astype(bool)
+        seen = on_mesh(seen)
         key, sub = jax.random.split(key)
         tokens = _sample(logits, sub, sampling, seen=seen)
-        positions = jnp.asarray(prompt.attention_mask.sum(-1) + prompt.rope_deltas, jnp.float32)
+        positions = on_mesh(np.asarray(prompt.attention_mask.sum(-1) + prompt.rope_deltas, np.float32))
         done = np.zeros(b, bool)
         for step in range(max_new_tokens):
-            host_tokens = np.asarray(tokens)
+            host_tokens = to_host(tokens)
             yield StepRecord(host_tokens, stats, taps, embeds)
             done |= np.isin(host_tokens, list(eos_ids))
             if done.all() or step == max_new_tokens - 1:

@@ -43,6 +43,7 @@ from omni_jax.ops.conv import (
 from omni_jax.ops.linear import linear, swiglu_mlp
 from omni_jax.ops.norms import layer_norm, rms_norm
 from omni_jax.ops.rope import apply_rope, rope_cos_sin
+from omni_jax.sharding import to_host
 from omni_jax.weights.rules import Rule, copy_rule, linear_rule
 
 RESIDUAL_DILATIONS = (1, 3, 9)
@@ -325,7 +326,7 @@ class Code2WavStreamer:
         size = min(self.left_context + self.chunk_size, -(-window.shape[-1] // WINDOW_BUCKET) * WINDOW_BUCKET)
         pad = size - window.shape[-1]
         window = np.pad(window, ((0, 0), (0, 0), (0, pad)))
-        wav = np.asarray(_decode_window_jit(self.params, jnp.asarray(window, jnp.int32), cfg=self.cfg))
+        wav = to_host(_decode_window_jit(self.params, jnp.asarray(window, jnp.int32), cfg=self.cfg))
         self._start = end
         keep_from = max(end - self.left_context, 0)
         self._frames = self._frames[..., keep_from - self._offset:]

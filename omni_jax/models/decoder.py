@@ -126,7 +126,6 @@ class StackOptions:
     backend: str = "auto"
     collect_hidden: bool = False  # return every layer's output (HF output_hidden_states)
     taps: tuple[int, ...] = ()  # layer outputs to return (e.g. the Talker's accept_hidden_layer - 1)
-    mesh: object = None  # a jax.sharding.Mesh with an "expert" axis: expert-parallel MoE
     router_outputs: bool = False  # stats carry router_logits / top_k_experts / top_k_weights per layer
 
     @classmethod
@@ -166,7 +165,7 @@ class KVCache:
 
 
 def _layer(p, mlp, x, cos, sin, mask, cache, layer_idx, slot, cfg: TextConfig, routing: RoutingConfig, backend,
-           token_mask, mesh=None, router_outputs=False):
+           token_mask, router_outputs=False):
     """One layer. ``p``: this layer's attention and norm params; ``mlp``: the MoE params of ALL layers
     (stacked), indexed by ``layer_idx`` inside ``moe_block`` so decode reads only the chosen experts."""
     b, l, _ = x.shape
@@ -188,7 +187,7 @@ def _layer(p, mlp, x, cos, sin, mask, cache, layer_idx, slot, cfg: TextConfig, r
     x = x + linear(o.reshape(b, l, hq * d), a["o_proj"])
     h = rms_norm(x, p["post_norm"], cfg.rms_norm_eps)
     y, stats = moe_block(h, mlp, routing, token_mask=token_mask, backend=backend, layer=layer_idx,
-                         mesh=mesh, stacked=True, with_router_outputs=router_outputs)
+                         stacked=True, with_router_outputs=router_outputs)
     return x + y.astype(x.dtype), cache, stats
 
 
@@ -231,7 +230,7 @@ def decoder_stack(layers: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, ma
             h, kv_c = carry
             p, idx, inj = xs
             h, kv_c, st = _layer(p, layers["mlp"], h, cos, sin, mask, kv_c, idx, slot, cfg, routing, opts.backend,
-                                 token_mask, opts.mesh, opts.router_outputs)
+                                 token_mask, opts.router_outputs)
             out = h if keep_out else None
             if inj is not None:
                 h = h + inj.astype(h.dtype)

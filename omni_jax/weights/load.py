@@ -119,11 +119,13 @@ def load_checkpoint(directory: str | Path, dtype: str = "float32", progress: boo
     if mesh is None:
         flat = load_flat_params(directory, cfg, dtype, progress=progress, table=table)
         return cfg, table.build(cfg, flat, jnp.dtype(dtype))
-    from omni_jax.sharding import flat_shardings, make_mesh
+    from omni_jax.sharding import check_fits, flat_shardings, make_mesh
     from omni_jax.weights import placement
 
-    mesh = make_mesh(mesh)
     info = table.param_info(cfg, jnp.dtype(dtype))
+    if not hasattr(mesh, "devices"):
+        check_fits(info, mesh)  # a size that does not divide is named before any device is asked for
+    mesh = make_mesh(mesh)
     shardings = flat_shardings(info, mesh)  # ShardingError before any file is read
     names = NameTable(table.hf_rules(cfg), {p: shape for p, (shape, _) in info.items()})
     if is_hf_checkpoint(directory):
