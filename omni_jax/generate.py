@@ -195,8 +195,8 @@ def run(args) -> dict:
     cfg, model = load_checkpoint(ckpt, dtype=dtype, progress=sys.stderr.isatty() and primary, mesh=mesh)
     load_s = time.perf_counter() - t0
     with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
-        return _generate(args, cfg, model, processor, prompt, batch if has_media else None, sampling, opts, speech,
-                         ckpt, load_s, primary)
+        return _generate(args, cfg, model, processor, None if has_media else prompt, batch if has_media else None,
+                         sampling, opts, speech, ckpt, load_s, primary)
 
 
 def _generate(args, cfg, model, processor, prompt, batch, sampling, opts, speech, ckpt, load_s, primary) -> dict:
