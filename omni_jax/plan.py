@@ -389,6 +389,13 @@ def main(argv=None) -> int:
 
         n = math.prod(mesh_sizes(args.mesh).values()) if args.mesh else (hw.max_devices if hw.platform == "gpu"
                                                                           else 1)
+        if args.mesh:  # a size that does not divide a weight is named before any device is set up
+            import jax.numpy as jnp
+
+            from omni_jax.models.omni import model_param_info
+            from omni_jax.sharding import check_fits
+
+            check_fits(model_param_info(_config(args.layers), jnp.dtype(args.dtype)), args.mesh)
         devices, compiler = setup_devices(hw, n)
         if args.mesh and n > len(devices):
             raise PlanError(f"--mesh {args.mesh}: needs {n} devices, the target has {len(devices)}")

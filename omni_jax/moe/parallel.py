@@ -164,6 +164,10 @@ def moe_block_parallel(xf, small: dict, gate_up, down, routing: RoutingConfig, *
         if decode_gather:  # gather only the selected experts' weights, not the whole layer's
             y, sums, r = _psum_selected(xl, ml, router, w, w_specs, routing, layer=hook_layer,
                                         w_layer=layer_l if stacked else None, n_exp=n_exp, shard=shard)
+        elif gather and ep_path == "all_to_all":  # the layer's local experts gathered a chunk at a time
+            y, sums, r = _all_to_all_path(xl, ml, router, w, routing, backend=backend, tile=tile, layer=hook_layer,
+                                          w_layer=layer_l if stacked else None, n_exp=n_exp, shard=shard,
+                                          specs=w_specs)
         else:
             if gather:
                 w = {k: _gather_layer(v, w_specs[k], layer_l, stacked) for k, v in w.items()}
@@ -232,14 +236,51 @@ def _psum_selected(xl, ml, router, w, w_specs, routing, *, layer, w_layer, n_exp
     return y, partial_sums(r, routing, ml), r
 
 
-def _all_to_all_path(xl, ml, router, w, routing, *, backend, tile, layer, w_layer, n_exp, shard):
-    """Fixed worst-case-capacity all_to_all to the experts' shards and back."""
+GATHER_CHUNK = 8  # local experts all-gathered at a time when prefill needs a layer's experts whole
+
+
+def _slice_experts(w, layer, lo, n: int):
+    """Experts [lo, lo + n) of one layer of a local stack ([L, E_l, ...] when ``layer`` is given, else [E_l, ...])."""
+    def cut(a):
+        if layer is None:
+            return jax.lax.dynamic_slice_in_dim(a, lo, n, 0)
+        start = (jnp.asarray(layer, jnp.int32), jnp.asarray(lo, jnp.int32)) + (0,) * (a.ndim - 2)
+        return jax.lax.dynamic_slice(a, start, (1, n) + a.shape[2:])[0]
+
+    return jax.tree.map(cut, w)
+
+
+def _experts_in_chunks(x, e, v, w, specs, w_layer, e_local, name, tile):
+    """Rows x [R, H] with local experts e [R, 1] (valid v): experts all-gathered ``GATHER_CHUNK`` at a time
+    (a scan), each chunk's rows computed with the chunk's weights. Each row has one expert, so the sum over
+    chunks adds only zeros to it: the result is exactly the unchunked one."""
+    chunk = GATHER_CHUNK if e_local % GATHER_CHUNK == 0 else e_local
+    strip = (lambda s: P(*tuple(s)[1:])) if w_layer is not None else (lambda s: s)
+    specs = {k: jax.tree.map(strip, s, is_leaf=lambda t: isinstance(t, P)) for k, s in specs.items()}
+    rows = x.shape[0]
+    fn = get_backend(name, rows, tile=tile)
+    ones = jnp.ones((rows, 1), x.dtype)
+
+    def body(y, c):
+        lo = c * chunk
+        wc = {k: _gather_dims(_slice_experts(w[k], w_layer, lo, chunk), specs[k], 1) for k in ("gate_up", "down")}
+        inside = v & (e >= lo) & (e < lo + chunk)
+        yc = fn(x, ones, jnp.clip(e - lo, 0, chunk - 1), inside, wc["gate_up"], wc["down"])
+        return y + jnp.where(inside, yc, 0).astype(y.dtype), None
+
+    y, _ = jax.lax.scan(body, jnp.zeros(x.shape, x.dtype), jnp.arange(e_local // chunk))
+    return y
+
+
+def _all_to_all_path(xl, ml, router, w, routing, *, backend, tile, layer, w_layer, n_exp, shard, specs=None):
+    """Fixed worst-case-capacity all_to_all to the experts' shards and back. ``specs`` given: the local experts
+    are split over fsdp / tensor too and are gathered a chunk at a time (``_experts_in_chunks``)."""
     Tl, H = xl.shape
     K = routing.top_k
     r = route(xl, router, routing, token_mask=ml, layer=layer)
     e_local = _experts_local(w, w_layer)
     gate_up, down = w["gate_up"], w["down"]
-    if w_layer is not None:  # prefill reads every local expert of the layer anyway
+    if w_layer is not None and specs is None:  # prefill reads every local expert of the layer anyway
         gate_up, down = take_leading(gate_up, w_layer), take_leading(down, w_layer)
     cap = Tl * min(K, e_local)  # worst case: every token sends all the slots it can to one shard
     valid = r.slot_valid.reshape(-1)
@@ -257,7 +298,11 @@ def _all_to_all_path(xl, ml, router, w, routing, *, backend, tile, layer, w_laye
     ones = jnp.ones((rows, 1), xl.dtype)
     name = choose_backend(rows) if backend == "auto" else backend
     fn = get_backend(name, rows, tile=tile)
-    y_rows = fn(send_x.reshape(rows, H), ones, send_e.reshape(rows, 1), send_v.reshape(rows, 1), gate_up, down)
+    if specs is not None:
+        y_rows = _experts_in_chunks(send_x.reshape(rows, H), send_e.reshape(rows, 1), send_v.reshape(rows, 1), w,
+                                    specs, w_layer, e_local, name, tile)
+    else:
+        y_rows = fn(send_x.reshape(rows, H), ones, send_e.reshape(rows, 1), send_v.reshape(rows, 1), gate_up, down)
     y_rows = jnp.where(send_v.reshape(rows, 1), y_rows, 0)
     back = y_rows.reshape(n_exp, cap, H)
     if n_exp > 1:
