@@ -133,7 +133,7 @@ def abstract_mesh(spec: str | Mapping[str, int]):
 def check_fits(info: Mapping[str, tuple[tuple[int, ...], Axes]], spec: str | Mapping[str, int]) -> None:
     """Raise ``ShardingError`` (naming the weight and dimension) if the spec cannot split these arrays."""
     mesh = abstract_mesh(spec)
-    for path, (shape, axes) in info.items():
+    for path, (shape, axes) in sorted(info.items(), key=lambda kv: -math.prod(kv[1][0])):  # the largest first
         logical_spec(axes, shape, mesh, name=path)
 
 
