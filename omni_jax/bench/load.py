@@ -1,13 +1,15 @@
-"""Peak host memory of loading a checkpoint: host path vs restoring straight onto a mesh.
+"""Peak host memory of loading a checkpoint: host path vs placing it straight onto a mesh.
 
-    python -m omni_jax.bench load --checkpoint CONVERTED_DIR [--mesh data=1,expert=2] [--dtype bfloat16] [--json]
+    python -m omni_jax.bench load --checkpoint DIR [--converted CONVERTED_DIR] [--mesh expert=8] [--no-host]
+                                  [--dtype bfloat16] [--json]
 
 Each mode runs in a fresh subprocess (8 simulated CPU devices) so its peak RSS is its own. On a CPU "device"
 the device buffers live in host RAM too, so the number that matters is the overhead: peak RSS minus the
-parameters' bytes minus the process's baseline (imports, XLA). The host path reads every parameter into numpy
-first (a full host copy beside the device copy); the mesh path streams one Orbax group at a time into the
-devices' shards. Make a real-width reduced-depth checkpoint with
-``python convert/make_synthetic_checkpoint.py HF_DIR --layers 2`` and ``python convert/hf_to_orbax.py HF_DIR OUT``.
+bytes held on the devices minus the process's baseline (imports, XLA). The host path reads every parameter
+into numpy first (a full host copy beside the device copy); the mesh path places every weight by its logical
+axes and reads only the pieces each device holds: from an HF directory tensor by tensor (row blocks), from a
+converted one Orbax unit by unit. Make a real-width reduced-depth checkpoint with
+``python convert/make_synthetic_checkpoint.py HF_DIR --layers 1`` and ``python convert/hf_to_orbax.py HF_DIR OUT``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ secs = time.perf_counter() - t0
 nbytes = sum(a.nbytes for a in leaves)
 held = sum(s.data.nbytes for a in leaves for s in a.addressable_shards)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps(dict(mode=mesh or "host", seconds=secs, param_bytes=nbytes, device_bytes=held,
-                      baseline_rss=base, peak_rss=peak)))
+from omni_jax.weights.load import is_converted
+source = "converted" if is_converted(ckpt) else "hf"
+mode = (mesh + " from " + source) if mesh else "host from " + source
+print(json.dumps(dict(mode=mode, seconds=secs, param_bytes=nbytes, device_bytes=held, baseline_rss=base,
+                      peak_rss=peak)))
 """
 
 
@@ -52,16 +57,19 @@ def measure(checkpoint: str, dtype: str, mesh: str | None) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m omni_jax.bench load", description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", required=True, help="a converted (or HF) checkpoint directory")
-    ap.add_argument("--mesh", default="data=1,expert=2",
-                    help="mesh for the restore (simulated CPU devices share host RAM: every replica of a replicated "
-                         "parameter costs host memory here, so keep the device count small on CPU)")
+    ap.add_argument("--checkpoint", required=True, help="an HF (or converted) checkpoint directory")
+    ap.add_argument("--converted", default=None, help="a converted copy of it: also placed onto the mesh")
+    ap.add_argument("--mesh", default="expert=8",
+                    help="mesh for the placement (simulated CPU devices share host RAM: every replica of a "
+                         "parameter costs host memory here)")
+    ap.add_argument("--no-host", action="store_true", help="skip the host path (it holds the model twice)")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     from omni_jax.bench.timing import emit_json, print_table
 
-    rows = [measure(args.checkpoint, args.dtype, None), measure(args.checkpoint, args.dtype, args.mesh)]
+    rows = [] if args.no_host else [measure(args.checkpoint, args.dtype, None)]
+    rows += [measure(d, args.dtype, args.mesh) for d in (args.checkpoint, args.converted) if d]
     gib = 1 << 30
     for r in rows:
         r["overhead_bytes"] = r["peak_rss"] - r["baseline_rss"] - r["device_bytes"]
