@@ -7,9 +7,12 @@
 __version__ = "0.1.0"
 
 
-def load(path=None, *, dtype: str = "auto", mesh=None, distributed=None, demo: bool = False, progress: bool = False):
+def load(path=None, *, dtype: str = "auto", mesh=None, distributed=None, demo: bool = False, progress: bool = False,
+         compilation_cache: str | None = None):
     """``omni_jax.load(DIR, dtype=..., mesh="fsdp=2,expert=4")`` -> a model with ``generate(messages)`` /
-    ``stream(messages)`` (see ``omni_jax.api``). dtype "auto": bfloat16 on GPU / TPU, float32 on CPU."""
+    ``stream(messages)`` (see ``omni_jax.api``). dtype "auto": bfloat16 on GPU / TPU, float32 on CPU. The
+    persistent compilation cache is on unless ``compilation_cache="off"`` (see ``omni_jax.compilation``)."""
     from omni_jax.api import load as _load
 
-    return _load(path, dtype=dtype, mesh=mesh, distributed=distributed, demo=demo, progress=progress)
+    return _load(path, dtype=dtype, mesh=mesh, distributed=distributed, demo=demo, progress=progress,
+                 compilation_cache=compilation_cache)
