@@ -34,6 +34,7 @@ from pathlib import Path
 from omni_jax.errors import UsageError, one_line
 
 GIB = 1 << 30
+PROGRAMS = ("thinker_prefill", "thinker_decode", "talker_step", "vision", "audio")
 
 
 class PlanError(UsageError):
@@ -275,16 +276,24 @@ def plan(mesh_spec: str, dtype_name: str, batch: int, context: int, prefill: int
     progs, info, caches, np_dtype = programs(cfg, mesh, dtype, batch, context, prefill, image_size, audio_seconds)
     params_bytes = per_device_bytes(info, mesh, np_dtype.itemsize)
     kv_bytes = sum(_cache_bytes(c, mesh) for c in caches)
+    # XLA:CPU upcasts bf16 matmul operands to f32 whole (a [layers, experts, ...] stack at a time), which no GPU
+    # compiler does: for simulated GPUs the bf16 temporaries are the f32 program's, halved
+    halve = compiler == "cpu-simulated" and dtype.itemsize == 2
+    if halve:
+        progs = programs(cfg, mesh, jnp.float32, batch, context, prefill, image_size, audio_seconds)[0]
     temps, seconds = {}, {}
     for name, (fn, args, donate) in progs.items():
         if only is not None and name not in only:
             continue
         temps[name], seconds[name] = compile_temp_bytes(fn, args, donate, mesh)
+        if halve:
+            temps[name] //= 2
     total = params_bytes + kv_bytes + max(temps.values(), default=0)
     out = {"mesh": {a: s for a, s in mesh_sizes(mesh_spec).items() if s > 1} or {"data": 1},
            "devices": int(math.prod(mesh.shape.values())), "dtype": dtype_name, "compiler": compiler,
            "batch": batch, "context": context, "prefill": prefill,
            "thinker_layers": cfg.thinker.text.num_layers,
+           "temp_method": "float32 compile halved" if halve else "compiled",
            "per_device": {"params_bytes": params_bytes, "kv_cache_bytes": kv_bytes, "temp_bytes": temps,
                           "total_bytes": total},
            "model_param_bytes": sum(math.prod(s) for s, _ in info.values()) * np_dtype.itemsize,
@@ -345,8 +354,14 @@ def _parse(argv):
     ap.add_argument("--layers", type=int, help="Thinker / Talker depth (reduced-depth plans; default: the real model)")
     ap.add_argument("--image-size", type=int, default=448, help="side of the square image the vision program encodes")
     ap.add_argument("--audio-seconds", type=float, default=30.0)
+    ap.add_argument("--programs", default=",".join(PROGRAMS),
+                    help=f"comma-separated subset of {', '.join(PROGRAMS)} to compile (default: all)")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args(argv)
+    args.programs = tuple(p.strip() for p in args.programs.split(",") if p.strip())
+    unknown = [p for p in args.programs if p not in PROGRAMS]
+    if unknown or not args.programs:
+        raise PlanError(f"--programs {','.join(args.programs)!r}: choose from {', '.join(PROGRAMS)}")
     for flag in ("batch", "context", "prefill", "image_size"):
         if getattr(args, flag) < 1:
             raise PlanError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
@@ -366,10 +381,15 @@ def _parse(argv):
 def _print(out: dict):
     pd = out["per_device"]
     mesh = ",".join(f"{a}={s}" for a, s in out["mesh"].items())
+    note = ""
+    if out["compiler"] == "cpu-simulated":
+        note = " (temporaries: the CPU compiler's estimate"
+        if out["temp_method"] != "compiled":
+            note += "; its float32 figures halved, as XLA:CPU upcasts bf16 operands to f32 whole"
+        note += ")"
     print(f"{'suggested ' if out.get('suggested') else ''}mesh {mesh} ({out['devices']} devices), {out['dtype']}, "
           f"batch {out['batch']}, context {out['context']}, prefill {out['prefill']}, "
-          f"{out['thinker_layers']} Thinker layers; compiler: {out['compiler']}"
-          + (" (temporaries are the CPU compiler's estimate)" if out["compiler"] == "cpu-simulated" else ""))
+          f"{out['thinker_layers']} Thinker layers; compiler: {out['compiler']}{note}")
     print(f"  model parameters      {out['model_param_bytes'] / GIB:9.2f} GiB in all")
     print(f"  per device: params    {pd['params_bytes'] / GIB:9.2f} GiB")
     print(f"              KV caches {pd['kv_cache_bytes'] / GIB:9.2f} GiB")
@@ -399,7 +419,7 @@ def main(argv=None) -> int:
         devices, compiler = setup_devices(hw, n)
         if args.mesh and n > len(devices):
             raise PlanError(f"--mesh {args.mesh}: needs {n} devices, the target has {len(devices)}")
-        kw = dict(image_size=args.image_size, audio_seconds=args.audio_seconds)
+        kw = dict(image_size=args.image_size, audio_seconds=args.audio_seconds, only=args.programs)
         if args.mesh:
             out = plan(args.mesh, args.dtype, args.batch, args.context, args.prefill, hw, devices, compiler,
                        args.layers, **kw)

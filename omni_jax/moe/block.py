@@ -7,13 +7,15 @@ import jax.numpy as jnp
 
 from omni_jax.moe.dispatch import run_experts
 from omni_jax.moe.experts import round_to_dtype, swiglu
+from omni_jax.moe.layout import MOE_AXES, is_expert_stack
 from omni_jax.moe.parallel import moe_block_parallel, uses_parallel
 from omni_jax.moe.router import RoutingConfig, route
 from omni_jax.moe.stats import MoEStats, compute_stats
 from omni_jax.quant.weights import take_leading
 from omni_jax.sharding import context_mesh
 
-EXPERT_STACKS = ("gate_up", "down")  # the params indexed by expert inside the dispatch backends
+# the params indexed by expert inside the dispatch backends: those whose declared axes stack expert matrices
+EXPERT_STACKS = tuple(name for name, axes in MOE_AXES.items() if is_expert_stack(axes))
 
 
 def shared_expert(x: jax.Array, params: dict) -> jax.Array:
