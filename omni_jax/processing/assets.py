@@ -9,9 +9,12 @@ ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "chat_template.json")
 PREPROCESSOR_FILE = PRESET_DIR / "qwen3_omni_30b_a3b_instruct.preprocessor_config.json"
+# Marks a checkpoint directory whose weights are random (the demo's, and everything converted, pruned or
+# distilled from it): whatever loads it says the output is not meaningful.
+RANDOM_WEIGHTS_MARKER = "DEMO_RANDOM_WEIGHTS.txt"
 # Files that make a checkpoint directory complete besides weights and config.json.
 AUX_FILES = TOKENIZER_FILES + ("tokenizer.json", "preprocessor_config.json", "generation_config.json",
-                               "special_tokens_map.json", "video_preprocessor_config.json")
+                               "special_tokens_map.json", "video_preprocessor_config.json", RANDOM_WEIGHTS_MARKER)
 
 
 def copy_tokenizer_files(out_dir: str | Path) -> None:
