@@ -18,7 +18,6 @@ import argparse
 import json
 import resource
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -100,13 +99,7 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _interrupt(*_):
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
-    # SIGTERM behaves like Ctrl-C: the temporary directory is removed, no OUT_DIR is left.
-    signal.signal(signal.SIGTERM, _interrupt)
     t0 = time.time()
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -126,4 +119,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from omni_jax.atomic import install_interrupt_handlers
+
+    install_interrupt_handlers()  # SIGINT / SIGTERM: the temporary directory is removed, no OUT_DIR is left
     sys.exit(main())

@@ -10,6 +10,12 @@ writer of the same destination removes the temporaries whose process is gone (``
         write_everything_into(tmp)              # on any exception (Ctrl-C included) tmp is removed
     atomic_write_text(path, text)               # an existing file is replaced only by a complete one
     with PartialFile(path) as f: f.write(...)   # streamed to NAME.partial, renamed to NAME when complete
+
+Interruption: ``install_interrupt_handlers()`` (the command-line entry points call it) turns SIGINT and
+SIGTERM into KeyboardInterrupt AND records that an interruption was asked for. Python may deliver the
+exception where it is swallowed (inside a garbage-collection callback or a ``__del__``); the record makes
+every commit here (the final rename) refuse instead, so an interrupted run never publishes an output.
+Long loops call ``raise_if_interrupted()`` to stop soon after such a swallowed signal.
 """
 
 from __future__ import annotations
@@ -17,13 +23,37 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
 from omni_jax.errors import InputFileError
 
 PARTIAL_SUFFIX = ".partial"
+_interrupt_requested = threading.Event()
+
+
+def _on_signal(signum, frame):
+    _interrupt_requested.set()
+    raise KeyboardInterrupt
+
+
+def install_interrupt_handlers() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt and are remembered (see the module docstring)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_signal)
+
+
+def interrupt_requested() -> bool:
+    return _interrupt_requested.is_set()
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt if a SIGINT / SIGTERM arrived (even one whose exception was swallowed)."""
+    if _interrupt_requested.is_set():
+        raise KeyboardInterrupt
 
 
 def _tmp_prefix(dest: Path) -> str:
@@ -105,6 +135,7 @@ def atomic_directory(dest: str | Path) -> Iterator[Path]:
     tmp = temporary_sibling(dest, directory=True)
     try:
         yield tmp
+        raise_if_interrupted()
         os.rename(tmp, dest)  # fails (instead of merging) if dest appeared meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -122,6 +153,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
+        raise_if_interrupted()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -167,10 +199,16 @@ class PartialFile:
         self._f.flush()
 
     def commit(self) -> Path:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.partial, self.path)
+        """Rename the complete file into place (a failure here, an interruption included, removes it)."""
+        try:
+            raise_if_interrupted()
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.replace(self.partial, self.path)
+        except BaseException:
+            self.abort()
+            raise
         self.committed = True
         return self.path
 

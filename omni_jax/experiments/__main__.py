@@ -4,7 +4,6 @@ and ``python -m omni_jax.experiments list``."""
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from omni_jax.errors import OmniJaxError, UsageError, one_line
@@ -56,12 +55,7 @@ def list_experiments() -> int:
     return 0
 
 
-def _interrupt(*_):
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up like Ctrl-C
     try:
         args = build_parser().parse_args(argv)
         if args.command == "list":
@@ -81,4 +75,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from omni_jax.atomic import install_interrupt_handlers
+
+    install_interrupt_handlers()  # SIGINT / SIGTERM: clean up, publish nothing
     sys.exit(main())

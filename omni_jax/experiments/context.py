@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from omni_jax.atomic import raise_if_interrupted
 from omni_jax.experiments import evaluate as ev
 from omni_jax.experiments.evalset import DEFAULT_CALIBRATION, DEFAULT_EVAL, EvalSet, load_set
 from omni_jax.models.decoder import StackOptions
@@ -34,13 +35,17 @@ class RunContext:
 
     # ------------------------------------------------------------------ plumbing
     def progress(self, iterable, desc: str = "", total=None):
-        if not self.progress_enabled:
-            return iterable
-        import sys
+        """The items of ``iterable`` (with a bar on stderr when enabled); stops between items once a SIGINT /
+        SIGTERM arrived, even one whose exception Python swallowed."""
+        if self.progress_enabled:
+            import sys
 
-        from tqdm import tqdm
+            from tqdm import tqdm
 
-        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
+            iterable = tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
+        for item in iterable:
+            raise_if_interrupted()
+            yield item
 
     def save_figure(self, fig, name: str) -> Path:
         """plots/NAME.png; a run on random weights gets a red label on the figure saying so."""

@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from omni_jax.atomic import PARTIAL_SUFFIX, check_output_parent
+from omni_jax.atomic import PARTIAL_SUFFIX, check_output_parent, raise_if_interrupted
 from omni_jax.errors import UsageError
 
 DEFAULT_ROOT = Path("results")
@@ -57,6 +57,7 @@ class ResultsDirectory:
 
     def publish(self) -> Path:
         """Rename ``OUT.partial`` to ``OUT`` (replacing an old ``OUT`` only now)."""
+        raise_if_interrupted()
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
             os.rename(self.final, old)

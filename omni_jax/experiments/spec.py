@@ -87,9 +87,11 @@ def find_experiment(name_or_path: str | Path) -> Path:
                               f"shipped: {names})")
 
 
-def _did_you_mean(word: str, known) -> str:
+def _did_you_mean(word: str, known, table: bool = False) -> str:
     close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    if not close:
+        return ""
+    return f" (did you mean [{close[0]}]?)" if table else f" (did you mean {close[0]!r}?)"
 
 
 def _check_table(path: Path, table: str, raw: dict, schema: dict[str, Field]) -> dict:
@@ -123,7 +125,7 @@ def check_spec(raw: dict, path: Path) -> dict:
                 used = ", ".join(f"[{t}]" for t in tables)
                 raise ExperimentFileError(f"{path}: table [{key}] is not used by {kind!r} experiments "
                                           f"(they read {used})")
-            raise ExperimentFileError(f"{path}: unknown table [{key}]{_did_you_mean(key, tables)}")
+            raise ExperimentFileError(f"{path}: unknown table [{key}]{_did_you_mean(key, tables, table=True)}")
     spec = _check_table(path, RUN_TABLE, top, RUN)
     if spec["name"] is None:
         spec["name"] = path.stem
