@@ -253,6 +253,9 @@ def load(path: str | Path | None = None, *, dtype: str = "float32", mesh=None, d
 
         path = ensure_demo_checkpoint()
     path = Path(path)
+    from omni_jax.demo import announce_if_demo
+
+    announce_if_demo(path)  # the demo's directory, however it was passed, or one derived from it
     if isinstance(mesh, str):
         from omni_jax.sharding import make_mesh
 

@@ -9,8 +9,8 @@ from nbclient import NotebookClient
 NOTEBOOK = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.ipynb"
 
 
-def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMNI_JAX_CACHE", str(tmp_path / "cache"))  # the kernel inherits it
+def test_quickstart_notebook_runs(demo_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNI_JAX_CACHE", str(demo_cache))  # the kernel inherits it
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
