@@ -24,13 +24,10 @@ __all__ = ["KINDS", "kind_module", "resolve_checkpoint", "run_experiment"]
 
 def resolve_checkpoint(spec: dict, checkpoint: str | Path | None, log=print) -> Path:
     """--checkpoint, else the file's ``checkpoint``, else the random-weight demo checkpoint (built once)."""
-    from omni_jax.weights import CheckpointError
+    from omni_jax.validation import check_checkpoint_dir
 
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_dir():
-            raise CheckpointError(f"--checkpoint {path}: no such directory")
-        return path
+        return check_checkpoint_dir("checkpoint", checkpoint)
     if spec.get("checkpoint"):
         return Path(spec["checkpoint"])
     from omni_jax.demo import ensure_demo_checkpoint
@@ -64,6 +61,8 @@ def run_experiment(path: str | Path, checkpoint: str | Path | None = None, out: 
 
     spec = load_spec(path, overrides)
     module = kind_module(spec["kind"])
+    if checkpoint is not None:
+        resolve_checkpoint(spec, checkpoint)  # a bad --checkpoint fails before anything else
     results = ResultsDirectory(Path(out) if out is not None else DEFAULT_ROOT / spec["name"], resume=resume,
                                overwrite=overwrite, log=log)
     ckpt = resolve_checkpoint(spec, checkpoint, log)

@@ -135,12 +135,16 @@ def check_spec(raw: dict, path: Path) -> dict:
 
 
 def apply_overrides(spec: dict, overrides: dict | None) -> dict:
-    """Command-line values (``--seed``, ``--dtype``) for run keys, checked like the file's."""
+    """Command-line values (``--seed``, ``--dtype``) for run keys, checked as the generate CLI checks them."""
+    from omni_jax import validation
+
     for key, value in (overrides or {}).items():
-        try:
-            spec[key] = RUN[key].check(value)
-        except Problem as e:
-            raise UsageError(f"--{key} {value}: {e}") from None
+        if key == "seed":
+            spec[key] = validation.check_int("seed", value, 0, validation.MAX_SEED)
+        elif key == "dtype":
+            spec[key] = validation.check_choice("dtype", value, validation.DTYPES)
+        else:
+            raise UsageError(f"{key}: not a setting the command line can override")
     return spec
 
 

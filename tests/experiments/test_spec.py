@@ -82,7 +82,7 @@ def test_resolved_spec_has_every_key_and_only_known_ones(tmp_path):
                                "talker_prompts": 2, "talker_frames": 3}
     assert spec["eval"] == {"path": None, **SMALL_EVAL}
     assert "calibration" not in spec
-    with pytest.raises(UsageError, match=r"^--seed -2: must be >= 0$"):
+    with pytest.raises(UsageError, match=r"^seed \(--seed\) = -2: must be an integer >= 0$"):
         load_spec(path, {"seed": -2})
 
 
