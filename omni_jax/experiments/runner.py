@@ -53,6 +53,7 @@ def run_experiment(path: str | Path, checkpoint: str | Path | None = None, out: 
     ``out`` (default results/NAME) must not exist unless ``resume`` (continue what is there: an interrupted
     run's ``OUT.partial``, or a finished ``OUT``) or ``overwrite`` (replace it once the new run completes).
     """
+    from omni_jax.compilation import setup_compilation_cache
     from omni_jax.config import OmniConfig
     from omni_jax.demo import announce_if_demo
     from omni_jax.models.common import pure_params
@@ -65,6 +66,7 @@ def run_experiment(path: str | Path, checkpoint: str | Path | None = None, out: 
         resolve_checkpoint(spec, checkpoint)  # a bad --checkpoint fails before anything else
     results = ResultsDirectory(Path(out) if out is not None else DEFAULT_ROOT / spec["name"], resume=resume,
                                overwrite=overwrite, log=log)
+    setup_compilation_cache()
     ckpt = resolve_checkpoint(spec, checkpoint, log)
     spec["checkpoint"] = str(ckpt)
     spec["random_weights"] = announce_if_demo(ckpt, log)
