@@ -24,7 +24,7 @@ from omni_jax.atomic import check_output_parent
 from omni_jax.errors import InputFileError, UsageError
 
 DTYPES = ("float32", "bfloat16")
-MAX_SEED = 2**32 - 1
+MAX_SEED = 2**31 - 1  # seeds are int32 inside the compiled programs
 MAX_INT = 2**31 - 1  # counts used as static shapes (int32)
 
 
@@ -46,10 +46,9 @@ ARGS = {a.name: a for a in (
     Arg("video_fps", "--video-fps"), Arg("video_max_frames", "--video-max-frames"),
     Arg("max_new_tokens", "--max-new-tokens"), Arg("temperature", "--temperature"), Arg("top_p", "--top-p"),
     Arg("top_k", "--top-k"), Arg("seed", "--seed"), Arg("thinker_sampling", None), Arg("talker_sampling", None),
-    Arg("speech", "--no-speech"), Arg("speaker", "--speaker"), Arg("max_speech_frames", "--max-speech-frames"),
+    Arg("speech", "--no-speech"), Arg("routing", "--routing"), Arg("talker_routing", "--talker-routing"), Arg("speaker", "--speaker"), Arg("max_speech_frames", "--max-speech-frames"),
     Arg("audio_chunk_frames", "--audio-chunk-frames"), Arg("wav_out", "--wav-out"),
-    Arg("router_stats", "--router-stats"), Arg("json_out", "--json-out"), Arg("fused", None),
-    Arg("progress", None),
+    Arg("router_stats", "--router-stats"), Arg("fused", "--fused"), Arg("progress", None),
 )}
 
 
@@ -275,7 +274,7 @@ def check_generate_args(*, max_new_tokens=128, thinker_sampling=None, talker_sam
         image_max_pixels=check_int("image_max_pixels", image_max_pixels, 1, optional=True),
         video_fps=check_float("video_fps", video_fps, 0.0, minimum_open=True, optional=True),
         video_max_frames=check_int("video_max_frames", video_max_frames, 2, optional=True),
-        max_speech_frames=check_int("max_speech_frames", max_speech_frames, 1),
+        max_speech_frames=check_int("max_speech_frames", max_speech_frames, 0),
         audio_chunk_frames=check_int("audio_chunk_frames", audio_chunk_frames, 1),
         fused=check_bool("fused", fused),
         thinker_sampling=thinker_sampling, talker_sampling=talker_sampling,

@@ -33,7 +33,7 @@ RUN_TABLE = "run"  # what messages call the file's top-level keys
 RUN = {
     "name": Name(None, "results go to results/NAME by default (default: the file's name)"),
     "kind": Choice(None, "which experiment", choices=KINDS),
-    "seed": Int(0, "seeds Python's, NumPy's and the kind's random numbers", min=0, max=2**32 - 1),
+    "seed": Int(0, "seeds Python's, NumPy's and the kind's random numbers", min=0, max=2**31 - 1),
     "dtype": Choice("float32", "the model's dtype", choices=("float32", "bfloat16")),
     "description": Str(""),
     "checkpoint": ExistingPath(None, "default checkpoint (--checkpoint wins; none: the demo)", directory=True),
