@@ -203,16 +203,19 @@ class _WavOut:
             self.writer.abort()
 
 
-def run(args) -> dict:
-    import time
-
-    import numpy as np
-
-    from omni_jax.api import OmniModel
-    from omni_jax.compilation import CompileLog
-    from omni_jax.processing.chat import build_messages
-
+def prepare(args):
+    """Everything before the weights are read: every flag checked, the demo built if asked for, the config,
+    tokenizer and media read, the request prepared. Returns (model without weights, request, wav path or None
+    when there is no speech)."""
     check_flags(args)
+    model = open_model(args)
+    return (model, *prepare_request(model, args))
+
+
+def open_model(args):
+    """The checkpoint (or the demo, built on first use) without its weights."""
+    from omni_jax.api import OmniModel
+
     ckpt = args.checkpoint
     if args.demo and ckpt is None:
         from omni_jax.demo import ensure_demo_checkpoint
@@ -229,8 +232,15 @@ def run(args) -> dict:
             args.max_speech_frames = 40
         if args.audio_chunk_frames is None:
             args.audio_chunk_frames = 10
-    model = OmniModel.open(ckpt, dtype=args.dtype, mesh=args.mesh, compilation_cache=args.compilation_cache)
-    cfg = model.cfg
+    return OmniModel.open(ckpt, dtype=args.dtype, mesh=args.mesh, compilation_cache=args.compilation_cache)
+
+
+def prepare_request(model, args):
+    """The request of the flags for an opened model: (request, wav path or None when there is no speech)."""
+    from omni_jax import validation
+    from omni_jax.processing.chat import build_messages
+
+    cfg, ckpt = model.cfg, model.directory
     if not cfg.has_talker and args.wav_out is not None and not args.no_speech:
         from omni_jax.generation.speech import NoTalkerError
 
@@ -249,13 +259,28 @@ def run(args) -> dict:
         max_speech_frames=4095 if args.max_speech_frames is None else args.max_speech_frames,
         audio_chunk_frames=args.audio_chunk_frames or 300, routing=routing, talker_routing=talker_routing,
         fused=args.fused)
+    wav_path = (args.wav_out or Path("demo.wav" if args.demo else "output.wav")) if speech else None
+    if wav_path is not None:
+        validation.check_output_file("wav_out", wav_path)
+    return request, wav_path
+
+
+def run(args) -> dict:
+    import time
+
+    import numpy as np
+
+    from omni_jax.compilation import CompileLog
+
+    model, request, wav_path = prepare(args)
+    speech = wav_path is not None
 
     def on_text(row: int, delta: str) -> None:
         if not args.json:
             sys.stdout.write(delta)
             sys.stdout.flush()
 
-    wav_out = _WavOut(args.wav_out or Path("demo.wav" if args.demo else "output.wav")) if speech else None
+    wav_out = _WavOut(wav_path) if speech else None
     with CompileLog() as log:
         load_s = model.load_weights(progress=sys.stderr.isatty())
         t0 = time.perf_counter()

@@ -57,3 +57,30 @@ def test_decoder_gives_a_result_or_one_line_error(targets, name):
             run_case(target, data, Path(d))
 
     case()
+
+
+def _numeric_text(kind: str):
+    from omni_jax.bench.fuzz_targets import EDGE_FLOATS, EDGE_INTS
+
+    if kind == "int":
+        return st.one_of(st.sampled_from(EDGE_INTS), st.integers(-2**64, 2**64)).map(str)
+    return st.one_of(st.sampled_from(EDGE_FLOATS), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                     st.integers(-10**6, 10**6).map(str))
+
+
+def test_cli_numeric_flags_give_a_request_or_one_line_error(tiny_ckpt, tmp_path):
+    """Random and out-of-range values of every numeric flag, through the CLI's checks and preparation (no
+    weights are read): a prepared request or a one-line OmniJaxError, and nothing written."""
+    from omni_jax.bench.fuzz_targets import NUMERIC_FLAGS, run_flags_case
+
+    flag_values = st.sampled_from(sorted(NUMERIC_FLAGS)).flatmap(
+        lambda f: st.tuples(st.just(f), _numeric_text(NUMERIC_FLAGS[f])))
+
+    @settings(max_examples=200, derandomize=True, database=None, deadline=timedelta(seconds=10),
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(flag_values, min_size=1, max_size=3, unique_by=lambda fv: fv[0]))
+    def case(pairs):
+        with tempfile.TemporaryDirectory() as d:
+            run_flags_case(tiny_ckpt, [x for pair in pairs for x in pair], Path(d))
+
+    case()

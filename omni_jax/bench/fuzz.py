@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from omni_jax.bench.fuzz_targets import FuzzFailure, make_targets, random_mutation, run_case
+from omni_jax.bench.fuzz_targets import (NUMERIC_FLAGS, FuzzFailure, flags_checkpoint, make_targets, random_flags,
+                                         random_mutation, run_case, run_flags_case)
+
+FLAG_TARGET = "cli-flags"
 
 
 def main(argv: list[str]) -> dict:
@@ -29,7 +32,9 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--save", type=Path, default=None, help="write each failing input into this folder")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    targets = make_targets(args.targets.split(",") if args.targets else None)
+    names = args.targets.split(",") if args.targets else None
+    targets = make_targets(None if names is None else [n for n in names if n != FLAG_TARGET])
+    with_flags = names is None or FLAG_TARGET in names
     report: dict = {}
     failures = []
     print(f"{'target':<12} {'cases':>6} {'valid':>6} {'error':>6} {'failed':>6} {'s':>7}   mutations")
@@ -61,6 +66,30 @@ def main(argv: list[str]) -> dict:
         mut = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
         print(f"{name:<12} {args.cases:>6} {counts['valid']:>6} {counts['error']:>6} {counts['failed']:>6} "
               f"{seconds:>7.1f}   {mut}", flush=True)
+    if with_flags:
+        rng = np.random.default_rng([args.seed, 7])
+        counts = {"valid": 0, "error": 0, "failed": 0}
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="fuzz-flags-") as d:
+            ckpt = flags_checkpoint(Path(d) / "ckpt")
+            for i in range(args.cases):
+                flags = random_flags(rng)
+                work = Path(d) / f"case{i}"
+                work.mkdir()
+                try:
+                    counts[run_flags_case(ckpt, flags, work)] += 1
+                except FuzzFailure as e:
+                    counts["failed"] += 1
+                    failures.append({"target": FLAG_TARGET, "case": i, "mutation": " ".join(flags), "error": str(e)})
+                finally:
+                    import shutil
+
+                    shutil.rmtree(work, ignore_errors=True)
+        seconds = time.perf_counter() - t0
+        report[FLAG_TARGET] = {**counts, "cases": args.cases, "seconds": round(seconds, 1)}
+        print(f"{FLAG_TARGET:<12} {args.cases:>6} {counts['valid']:>6} {counts['error']:>6} {counts['failed']:>6} "
+              f"{seconds:>7.1f}   1-3 of the {len(NUMERIC_FLAGS)} numeric flags per case",
+              flush=True)
     for f in failures[:20]:
         print(f"FAILED {f['target']} case {f['case']} ({f['mutation']}): {f['error']}", file=sys.stderr)
     result = {"benchmark": "fuzz", "seed": args.seed, "targets": report, "failures": failures}

@@ -258,6 +258,75 @@ def _converted_outputs(work: Path, valid: bool) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------------------------------- CLI flags
+
+NUMERIC_FLAGS = {  # flag: "int" | "float"
+    "--max-new-tokens": "int", "--image-max-pixels": "int", "--video-max-frames": "int", "--top-k": "int",
+    "--seed": "int", "--max-speech-frames": "int", "--audio-chunk-frames": "int", "--video-fps": "float",
+    "--temperature": "float", "--top-p": "float",
+}
+EDGE_INTS = [0, 1, 2, -1, -2, 2**31 - 1, 2**31, 2**32, -2**31, 2**63, -2**63, 10**30]
+EDGE_FLOATS = ["0", "-0.0", "1e-320", "1", "0.5", "1.0000001", "-1", "1e308", "inf", "-inf", "nan", "1e400"]
+
+
+def flags_checkpoint(directory: Path) -> Path:
+    """A checkpoint directory without weights (the demo's config, the real tokenizer): all the CLI reads
+    before it loads a model."""
+    from omni_jax.demo import DEMO_CONFIG
+    from omni_jax.processing.assets import copy_tokenizer_files
+
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(DEMO_CONFIG, directory / "config.json")
+    copy_tokenizer_files(directory)
+    return directory
+
+
+def random_flags(rng: np.random.Generator) -> list[str]:
+    """1-3 numeric flags with edge, random or out-of-range values (as text, as a shell passes them)."""
+    argv = []
+    for flag in rng.choice(sorted(NUMERIC_FLAGS), int(rng.integers(1, 4)), replace=False):
+        kind, pick = NUMERIC_FLAGS[flag], int(rng.integers(3))
+        if kind == "int":
+            value = [str(EDGE_INTS[int(rng.integers(len(EDGE_INTS)))]), str(int(rng.integers(-10**6, 10**6))),
+                     str(int(rng.integers(-2**62, 2**62)))][pick]
+        else:
+            value = [EDGE_FLOATS[int(rng.integers(len(EDGE_FLOATS)))], repr(float(rng.normal() * 10)),
+                     repr(float(rng.uniform(-1e300, 1e300)))][pick]
+        argv += [str(flag), value]
+    return argv
+
+
+_OPENED: dict = {}
+
+
+def run_flags_case(checkpoint: Path, flags: list[str], work: Path, seconds: float = CASE_SECONDS) -> str:
+    """The CLI's checks and request preparation (no weights) for ``flags``: "valid" or "error"; FuzzFailure
+    otherwise. The checkpoint is opened once (the numeric flags do not change what is opened)."""
+    from omni_jax.generate import build_parser, check_flags, open_model, prepare_request
+
+    argv = ["--checkpoint", str(checkpoint), "--prompt", "hi", "--wav-out", str(work / "x.wav"),
+            "--compilation-cache", "off", *flags]
+    try:
+        with time_limit(seconds):
+            args = build_parser().parse_args(argv)
+            check_flags(args)
+            if str(checkpoint) not in _OPENED:
+                _OPENED[str(checkpoint)] = open_model(args)
+            prepare_request(_OPENED[str(checkpoint)], args)
+        outcome = "valid"
+    except OmniJaxError as e:
+        if len([line for line in str(e).splitlines() if line.strip()]) != 1:
+            raise FuzzFailure(f"cli-flags {flags}: message is not one line: {str(e)!r}") from e
+        outcome = "error"
+    except CaseTimeout:
+        raise FuzzFailure(f"cli-flags {flags}: ran longer than {seconds} s") from None
+    except Exception as e:
+        raise FuzzFailure(f"cli-flags {flags}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    if any(work.iterdir()):
+        raise FuzzFailure(f"cli-flags {flags}: wrote {sorted(p.name for p in work.iterdir())} before any work")
+    return outcome
+
+
 def make_targets(names: list[str] | None = None) -> dict[str, Target]:
     """The fuzz targets, by name (all of them by default)."""
     from omni_jax.experiments.spec import shipped_experiments

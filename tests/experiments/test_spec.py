@@ -210,8 +210,9 @@ def test_failed_run_keeps_old_results_and_random_weights_are_labelled(tiny_think
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_like", "out", "r.toml"]
 
 
-def test_sigterm_during_a_run_leaves_no_results_directory(tiny_thinker_only_ckpt, tmp_path):
-    """A real run in a subprocess, terminated once it is working in OUT.partial: no OUT, no OUT.partial."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_interrupted_run_leaves_no_results_directory(tiny_thinker_only_ckpt, tmp_path, sig):
+    """A real run in a subprocess, signalled once it works in OUT.partial: no OUT, no OUT.partial."""
     exp = write_experiment(tmp_path / "r.toml", "routing",
                            {"eval": {**SMALL_EVAL, "max_examples": 2, "batch_size": 2, "decode_tokens": 0},
                             "routing": {"thinker_top_k": [1], "top_p_matched": False, "talker_top_k": []}}, name="r")
@@ -223,7 +224,7 @@ def test_sigterm_during_a_run_leaves_no_results_directory(tiny_thinker_only_ckpt
     while not (tmp_path / "out.partial").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, proc.stderr.read()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, err
     assert re.search(r"interrupted", err)
