@@ -46,3 +46,10 @@ def demo_cache(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("omni_jax_cache")
     build_demo_checkpoint(root / f"demo-{DEMO_VERSION}", progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_compilation_cache(tmp_path_factory) -> Path:
+    """A persistent compilation cache shared by the tests that run the same demo calls in different processes
+    (the README's examples in this one, the quickstart notebook in a kernel): the second compiles less."""
+    return tmp_path_factory.mktemp("demo_compilation_cache")

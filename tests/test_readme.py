@@ -14,14 +14,20 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
-def test_readme_python_blocks_run(demo_cache, tmp_path, monkeypatch, capsys):
+def test_readme_python_blocks_run(demo_cache, demo_compilation_cache, tmp_path, monkeypatch, capsys):
+    from omni_jax.compilation import setup_compilation_cache
+
     monkeypatch.setenv("OMNI_JAX_CACHE", str(demo_cache))
     monkeypatch.chdir(tmp_path)  # whatever the examples write lands here, not in the repository
     blocks = python_blocks(README.read_text())
     assert len(blocks) >= 2
     namespace: dict = {}
-    for i, block in enumerate(blocks, 1):
-        exec(compile(block, f"README.md python block {i}", "exec"), namespace)
+    setup_compilation_cache(demo_compilation_cache)  # the notebook test runs the same calls in a kernel
+    try:
+        for i, block in enumerate(blocks, 1):
+            exec(compile(block, f"README.md python block {i}", "exec"), namespace)
+    finally:
+        setup_compilation_cache("off")
     captured = capsys.readouterr()
     assert "RANDOM weights" in captured.err and f"cached in {demo_cache}" in captured.err
     out, batch = namespace["out"], namespace["batch"]
