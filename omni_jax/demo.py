@@ -11,9 +11,11 @@ it needs neither torch nor transformers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +77,7 @@ def build_demo_checkpoint(out_dir: Path, seed: int = 0, progress: bool = True) -
     with tqdm(total=2, desc="demo checkpoint: initialising the model", file=sys.stderr, disable=not progress,
               dynamic_ncols=True, bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}]") as steps, \
             atomic_directory(out_dir) as tmp:
-        with jax.default_device(jax.devices("cpu")[0]):
+        with jax.default_device(jax.devices("cpu")[0]), _ticking(steps):
             model = OmniModel(cfg, rngs=nnx.Rngs(seed))
         flat = {".".join(map(str, p)): np.asarray(v.get_value())
                 for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
@@ -98,6 +100,24 @@ def build_demo_checkpoint(out_dir: Path, seed: int = 0, progress: bool = True) -
         steps.update()
         steps.set_description("demo checkpoint: done")
     return out_dir
+
+
+@contextlib.contextmanager
+def _ticking(bar, seconds: float = 1.0):
+    """Refresh ``bar`` every ``seconds`` while the block runs, so its elapsed time shows the work is alive."""
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(seconds):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def demo_media(directory: str | Path | None = None) -> tuple[Path, Path]:

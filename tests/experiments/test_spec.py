@@ -111,6 +111,14 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path, capsys):
     assert experiments_main(["run", "no_such_experiment"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 4 and all(line.startswith("python -m omni_jax.experiments: error: ") for line in lines)
+    out = tmp_path / "old_results"
+    out.mkdir()
+    (out / "results.md").write_text("earlier")
+    assert experiments_main(["run", "topk_sweep", "--out", str(out)]) == 2  # refused before anything is loaded
+    assert capsys.readouterr().err.strip() == (f"python -m omni_jax.experiments: error: {out}: results already exist "
+                                               "(--resume to continue that run, --overwrite to replace them, or "
+                                               "--out elsewhere)")
+    assert (out / "results.md").read_text() == "earlier"
 
 
 # ------------------------------------------------------------------------------------------ results directories
