@@ -35,8 +35,18 @@ PARTIAL_SUFFIX = ".partial"
 _interrupt_requested = threading.Event()
 
 
-def _on_signal(signum, frame):
+def request_interrupt() -> None:
+    """Record that the process is being interrupted: every later commit refuses."""
     _interrupt_requested.set()
+
+
+def clear_interrupt_request() -> None:
+    """Forget a recorded interruption (a process that goes on with other work after handling one)."""
+    _interrupt_requested.clear()
+
+
+def _on_signal(signum, frame):
+    request_interrupt()
     raise KeyboardInterrupt
 
 

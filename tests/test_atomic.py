@@ -84,19 +84,23 @@ def test_partial_file_is_renamed_when_complete_and_removed_on_failure(tmp_path):
     assert path.read_bytes() == b"A123" and sorted(p.name for p in tmp_path.iterdir()) == ["speech.wav"]
 
 
-def test_interrupt_request_blocks_every_commit(tmp_path, monkeypatch):
+def test_interrupt_request_blocks_every_commit(tmp_path):
     """A SIGINT/SIGTERM whose KeyboardInterrupt Python swallowed still stops the next commit."""
-    monkeypatch.setattr(atomic, "_interrupt_requested", type(atomic._interrupt_requested)())
-    atomic._interrupt_requested.set()
-    with pytest.raises(KeyboardInterrupt):
-        atomic.atomic_write_text(tmp_path / "a.json", "{}")
-    with pytest.raises(KeyboardInterrupt):
-        with atomic.atomic_directory(tmp_path / "d"):
-            pass
-    with pytest.raises(KeyboardInterrupt):
-        with atomic.PartialFile(tmp_path / "w.wav") as f:
-            f.write(b"x")
+    atomic.request_interrupt()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic.atomic_write_text(tmp_path / "a.json", "{}")
+        with pytest.raises(KeyboardInterrupt):
+            with atomic.atomic_directory(tmp_path / "d"):
+                pass
+        with pytest.raises(KeyboardInterrupt):
+            with atomic.PartialFile(tmp_path / "w.wav") as f:
+                f.write(b"x")
+    finally:
+        atomic.clear_interrupt_request()
     assert list(tmp_path.iterdir()) == []
+    atomic.atomic_write_text(tmp_path / "a.json", "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
 @pytest.mark.parametrize("where,message", [("missing/x.wav", "the folder {p}/missing does not exist"),
