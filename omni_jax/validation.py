@@ -46,7 +46,8 @@ ARGS = {a.name: a for a in (
     Arg("video_fps", "--video-fps"), Arg("video_max_frames", "--video-max-frames"),
     Arg("max_new_tokens", "--max-new-tokens"), Arg("temperature", "--temperature"), Arg("top_p", "--top-p"),
     Arg("top_k", "--top-k"), Arg("seed", "--seed"), Arg("thinker_sampling", None), Arg("talker_sampling", None),
-    Arg("speech", "--no-speech"), Arg("routing", "--routing"), Arg("talker_routing", "--talker-routing"), Arg("speaker", "--speaker"), Arg("max_speech_frames", "--max-speech-frames"),
+    Arg("speech", "--no-speech"), Arg("routing", "--routing"), Arg("talker_routing", "--talker-routing"),
+    Arg("speaker", "--speaker"), Arg("max_speech_frames", "--max-speech-frames"),
     Arg("audio_chunk_frames", "--audio-chunk-frames"), Arg("wav_out", "--wav-out"),
     Arg("router_stats", "--router-stats"), Arg("fused", "--fused"), Arg("progress", None),
 )}

@@ -1,6 +1,5 @@
 """experiments/quickstart.ipynb runs top to bottom on the demo checkpoint (executed with nbclient)."""
 
-import os
 from pathlib import Path
 
 import nbformat

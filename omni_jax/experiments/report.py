@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-RANDOM_WEIGHTS_NOTE = ("\n**Made on RANDOM weights (the demo checkpoint, or one derived from it): the numbers only show "
-                       "that the machinery works; they say nothing about the real model.**\n\n")
+RANDOM_WEIGHTS_NOTE = ("\n**Made on RANDOM weights (the demo checkpoint, or one derived from it): the numbers only "
+                       "show that the machinery works; they say nothing about the real model.**\n\n")
 
 
 def _plain(v):
