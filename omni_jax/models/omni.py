@@ -104,8 +104,10 @@ def model_from_flat(cfg: OmniConfig, flat: dict, dtype=jnp.float32) -> OmniModel
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
+@functools.lru_cache(maxsize=16)
 def model_param_info(cfg: OmniConfig, dtype=jnp.float32) -> dict[str, tuple[tuple[int, ...], tuple]]:
-    """{path: (shape, logical axes)} of every parameter of the model (abstract: nothing allocated)."""
+    """{path: (shape, logical axes)} of every parameter of the model (abstract: nothing allocated; built once
+    per config and dtype: tracing the abstract model takes about a second). Do not modify the result."""
     return param_info(abstract_model(cfg, dtype))
 
 

@@ -9,6 +9,7 @@ imported on first use, as transformers' auto classes do), and ``table=`` passes 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ def table_for(cfg) -> ModelTable:
     return _TABLES[key]
 
 
+@functools.lru_cache(maxsize=16)
 def name_table(cfg: OmniConfig, dtype=jnp.float32, table: ModelTable | None = None) -> NameTable:
+    """The model's HF name table (built once per config: tracing the abstract model takes about a second)."""
     table = table or table_for(cfg)
     info = table.param_info(cfg, dtype)
     return NameTable(table.hf_rules(cfg), {p: shape for p, (shape, _) in info.items()})
@@ -127,7 +130,7 @@ def load_checkpoint(directory: str | Path, dtype: str = "float32", progress: boo
         check_fits(info, mesh)  # a size that does not divide is named before any device is asked for
     mesh = make_mesh(mesh)
     shardings = flat_shardings(info, mesh)  # ShardingError before any file is read
-    names = NameTable(table.hf_rules(cfg), {p: shape for p, (shape, _) in info.items()})
+    names = name_table(cfg, table=table)
     if is_hf_checkpoint(directory):
         ck = SafetensorsCheckpoint(directory)
         flat = _with_bar(len(names), f"loading {directory.name}", progress,
