@@ -167,7 +167,8 @@ def check_flags(args) -> None:
     before anything is read, built or loaded: numbers, the input files, and the folders outputs go to."""
     from omni_jax import validation as v
 
-    v.check_choice("dtype", args.dtype, v.LOAD_DTYPES)
+    if args.dtype != v.AUTO_DTYPE:
+        v.check_choice("dtype", args.dtype, v.DTYPES)
     v.check_generate_args(max_new_tokens=args.max_new_tokens, seed=args.seed, speaker=args.speaker,
                           image_max_pixels=args.image_max_pixels, video_fps=args.video_fps,
                           video_max_frames=args.video_max_frames,

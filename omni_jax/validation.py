@@ -24,7 +24,7 @@ from omni_jax.atomic import check_output_parent
 from omni_jax.errors import InputFileError, UsageError
 
 DTYPES = ("float32", "bfloat16")
-LOAD_DTYPES = ("auto",) + DTYPES  # omni_jax.load / the CLI: auto = bfloat16 on GPU / TPU, float32 on CPU
+AUTO_DTYPE = "auto"  # omni_jax.load / the CLI default: bfloat16 on GPU / TPU, float32 on CPU
 MAX_SEED = 2**31 - 1  # seeds are int32 inside the compiled programs
 MAX_INT = 2**31 - 1  # counts used as static shapes (int32)
 
@@ -231,7 +231,8 @@ def check_messages(messages) -> tuple[bool, list[list[dict]]]:
 def check_load_args(path=None, dtype: str = "auto", mesh=None, demo: bool = False) -> None:
     """``omni_jax.load``'s arguments (and the CLI's --checkpoint / --dtype / --mesh / --demo)."""
     check_bool("demo", demo)
-    check_choice("dtype", dtype, LOAD_DTYPES)
+    if dtype != AUTO_DTYPE:
+        check_choice("dtype", dtype, DTYPES)
     if path is None and not demo:
         raise UsageError(f"{label('checkpoint')}: give a checkpoint directory (or demo=True / --demo for the "
                          "random-weight demo)")
