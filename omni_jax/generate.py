@@ -202,15 +202,20 @@ def run(args) -> dict:
             args.audio_chunk_frames = 10
     if ckpt is None:
         raise UsageError("--checkpoint is required (or --demo)")
-    model = OmniModel.open(ckpt, dtype=args.dtype, mesh=args.mesh, compilation_cache=args.compilation_cache)
-    cfg = model.cfg
+    if not Path(ckpt).is_dir():
+        from omni_jax.weights.safetensors_io import CheckpointError
+
+        raise CheckpointError(f"{ckpt}: checkpoint directory not found")
+    from omni_jax.config import OmniConfig
+    from omni_jax.generation.talker_engine import TalkerSampling
+
+    cfg = OmniConfig.from_file(ckpt)
     if not cfg.has_talker and args.wav_out is not None and not args.no_speech:
         from omni_jax.generation.speech import NoTalkerError
 
         raise NoTalkerError(f"{ckpt}: this checkpoint has no talker, it cannot produce speech (drop --wav-out)")
-    from omni_jax.generation.talker_engine import TalkerSampling
-
-    routing, talker_routing = routing_options(args, cfg)
+    routing, talker_routing = routing_options(args, cfg)  # before the tokenizer and the weights are read
+    model = OmniModel.open(ckpt, dtype=args.dtype, mesh=args.mesh, compilation_cache=args.compilation_cache)
     speech = cfg.has_talker and not args.no_speech
     messages = build_messages(args.prompt, system=args.system, images=[str(p) for p in args.image],
                               audios=[str(p) for p in args.audio], videos=[str(p) for p in args.video])

@@ -42,7 +42,8 @@ class FusedResult:
     codes: list[np.ndarray] | None  # per row [frames, 16]
     wavs: list[np.ndarray] | None  # per row float32
     sample_rate: int = 24_000
-    router_counts: dict | None = None  # {"prompt", "generated"[, "talker"]}: [layers, experts] over the batch
+    router_counts: dict | None = None  # [layers, experts] over the batch: Thinker "prompt" (prefill) and
+    #                                    "generated" (decode steps), "talker" (frame steps) when it spoke
 
 
 def _gen_lengths(buf, n_records, eos_ids):
@@ -96,12 +97,12 @@ def fused_generate(params, cfg: OmniConfig, thinker_opts: StackOptions, talker_o
                                                      gen_embeds, gen_len, t_width, has_mm=has_mm)
     trail_len = jnp.maximum(gen_len - 1, 1).astype(jnp.int32)
     next_position = (t_plan.position_ids[0, :, -1] + 1).astype(jnp.float32)
-    t_state, t_stats = talker_prefill(params["talker"], cfg.talker, talker_opts, talker_sampling, talker_cache_size,
+    t_state, _ = talker_prefill(params["talker"], cfg.talker, talker_opts, talker_sampling, talker_cache_size,
                                       t_embeds, t_plan.position_ids, t_plan.mask, talker_seeds)
     frames, valid, t_counts = frame_loop(params["talker"], cfg.talker, talker_opts, talker_sampling, t_state,
                                          max_frames, next_position, trailing, trail_len, pad, talker_seeds)
     codes = jnp.transpose(frames, (1, 2, 0))  # [B, Q, F]
-    out.update(frames=frames, valid=valid, talker_counts=t_stats.counts + t_counts,
+    out.update(frames=frames, valid=valid, talker_counts=t_counts,  # the frames' (as the streaming engine's)
                chunks=_code2wav_chunks(params["code2wav"], codes, cfg.code2wav, chunk_size, left_context))
     return out
 
