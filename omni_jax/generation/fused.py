@@ -26,8 +26,8 @@ import numpy as np
 from omni_jax.config import OmniConfig
 from omni_jax.generation.sampling import SamplingConfig
 from omni_jax.generation.talker_engine import TalkerSampling, frame_loop, talker_prefill
-from omni_jax.generation.talker_prompt import (GEN_BUCKET, TRAILING_BUCKET, TalkerMedia, TalkerPlan,
-                                               assemble_talker_prompt, plan_talker_prompt)
+from omni_jax.generation.talker_prompt import (TalkerMedia, TalkerPlan, assemble_talker_prompt, plan_talker_prompt,
+                                               text_widths)
 from omni_jax.generation.thinker_engine import CACHE_BUCKET, cache_size_for
 from omni_jax.generation.thinker_steps import decode_loop, thinker_prefill
 from omni_jax.models import thinker_text
@@ -87,11 +87,10 @@ def fused_generate(params, cfg: OmniConfig, thinker_opts: StackOptions, talker_o
         return out
     embeds = first["embeds"]
     gen_len = _gen_lengths(buf, n_records, eos_ids)
-    width = round_up(max(n_new - 1, 1), GEN_BUCKET)
+    width, t_width = text_widths(n_new)
     gen_embeds = thinker_text.embed_tokens(text, jnp.maximum(buf.T, 0))  # g1, g2, ... (only fed ones are read)
     gen_embeds = jnp.pad(gen_embeds, ((0, 0), (0, width - n_new if width > n_new else 0), (0, 0)))[:, :width]
     t_plan = TalkerPlan(**plan)
-    t_width = round_up(max(n_new, 1), TRAILING_BUCKET)
     tap = first["hidden_states"][f"tap_{cfg.talker.accept_hidden_layer - 1}"] if has_mm else None
     t_embeds, trailing, pad = assemble_talker_prompt(t_plan, params["talker"], text["embed"], embeds, tap,
                                                      gen_embeds, gen_len, t_width, has_mm=has_mm)

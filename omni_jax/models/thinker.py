@@ -174,6 +174,25 @@ def prepare_prompt(params: dict, cfg: OmniConfig, batch, dtype=None, drop_deepst
                                   "media": batch})
 
 
+def prepared_prompt_shape(params: dict, cfg: OmniConfig, batch) -> PreparedPrompt:
+    """What ``prepare_prompt(params, cfg, batch)`` returns, without running the encoders: the host arrays, and
+    ShapeDtypeStructs for the embeddings and the deepstack payload (to compile the later programs ahead)."""
+    ids = np.asarray(batch.input_ids, np.int32)
+    b, p = ids.shape
+    embeds = deepstack = None
+    if has_media(batch):
+        table = params["text"]["embed"]
+        embeds = jax.ShapeDtypeStruct((b, p, table.shape[-1]), table.dtype)
+        v = cfg.thinker.vision
+        levels = len({i for i in v.deepstack_visual_indexes if i < v.depth})
+        visual = any(getattr(batch, k, None) is not None for k in ("pixel_values", "pixel_values_videos"))
+        if levels and visual:
+            deepstack = jax.ShapeDtypeStruct((levels, b, p, table.shape[-1]), table.dtype)
+    return PreparedPrompt(ids, np.asarray(batch.attention_mask, np.int32), np.asarray(batch.position_ids, np.float32),
+                          np.asarray(batch.rope_deltas, np.float32), inputs_embeds=embeds, deepstack=deepstack,
+                          extras={"media": batch})
+
+
 def thinker_logits(params: dict, cfg: OmniConfig, prompt: PreparedPrompt, opts=None) -> jax.Array:
     """Full-sequence logits [B, P, V] of a prepared prompt (no cache): for parity checks and scoring."""
     from omni_jax.models.decoder import StackOptions
