@@ -288,6 +288,7 @@ class OmniModel:
 
     def _run_steps(self, request: PreparedRequest, on_text, on_audio) -> list[GenerationResult]:
         """The streaming engines: one jitted step per token and per frame, text and audio handed out as made."""
+        from omni_jax.generation.ahead import discard
         from omni_jax.generation.thinker_engine import ThinkerEngine
 
         o = request.options
@@ -351,6 +352,7 @@ class OmniModel:
             counts.talker = sum((np.asarray(s.counts, np.int64) for s in res.stats),
                                 np.zeros((t.num_layers, t.num_experts), np.int64))
             counts.talker_steps = len(res.stats)
+        discard()  # jobs this call did not need (it stopped early)
         timing = {"time_to_first_token_s": t_text, "time_to_first_audio_s": t_audio, "thinker_s": t_thinker,
                   "total_s": time.perf_counter() - t_start}
         for r in results:

@@ -165,12 +165,14 @@ class _WavOut:
             self.writer = WavStreamWriter(self.path)
         self.writer.write(wav)
 
-    def close(self) -> None:
-        if self.writer is None:
+    def close(self, complete: bool = True) -> None:
+        """Close the file; a complete call that made no speech still leaves a (silent) wav."""
+        if self.writer is None and complete:
             import numpy as np
 
             self.write(np.zeros(0, np.float32))
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def run(args) -> dict:
@@ -239,9 +241,12 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         try:
             res = model.run(request, on_text=on_text, on_audio=None if wav_out is None else lambda i, w: wav_out.write(w))
-        finally:
+        except BaseException:
             if wav_out is not None:
-                wav_out.close()
+                wav_out.close(complete=False)
+            raise
+        if wav_out is not None:
+            wav_out.close()
     t = res.extras
     n = len(res.token_ids)
     thinker_s = t.get("thinker_s", t["total_s"])

@@ -40,3 +40,12 @@ def wait_for(name: str) -> None:
             future.result()
         except Exception:  # noqa: BLE001  the real call compiles it and reports any real error
             pass
+
+
+def discard() -> None:
+    """Drop the jobs that have not started (a call that ended without needing them: an early EOS, no speech)."""
+    with _lock:
+        futures = list(_pending.values())
+        _pending.clear()
+    for future in futures:
+        future.cancel()
