@@ -350,7 +350,10 @@ class OmniModel:
 
     def _compile_ahead(self, request: PreparedRequest, engine, talker_opts) -> None:
         """Compile the programs that run after the Thinker's prefill on a background thread, while this one
-        encodes the media and compiles and runs the prefill (``omni_jax.generation.ahead``)."""
+        encodes the media and compiles and runs the prefill (``omni_jax.generation.ahead``). Not on a mesh: the
+        abstract arguments do not carry the layouts the real calls see, so their programs would be compiled twice."""
+        if self.mesh is not None:
+            return
         from omni_jax.generation.ahead import compile_ahead
         from omni_jax.models.thinker import prepared_prompt_shape
 
