@@ -215,7 +215,8 @@ def programs(cfg, mesh, dtype, batch: int, context: int, prefill: int, image_siz
 
     def talker_step(p, c0, past_hidden, text, positions, cache):
         c0_embed = p["codec_embedding"][c0]
-        frame = cp.predict_codes(p["code_predictor"], past_hidden, c0_embed, jax.random.key(0), cfg.talker.code_predictor)
+        frame = cp.predict_codes(p["code_predictor"], past_hidden, c0_embed, jax.random.key(0),
+                                 cfg.talker.code_predictor)
         x = (c0_embed.astype(f32) + frame["embed_sum"].astype(f32) + text.astype(f32)).astype(past_hidden.dtype)
         pos = jnp.broadcast_to(positions[None, :, None], (3, c0.shape[0], 1))
         out = talker_forward(p, cfg.talker, k_opts, x[:, None], pos, jnp.ones((c0.shape[0], 1), jnp.int32),
@@ -349,8 +350,8 @@ def _parse(argv):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--context", type=int, default=4096, help="KV-cache slots (Thinker and Talker)")
     ap.add_argument("--prefill", type=int, default=2048, help="tokens of the Thinker prefill")
-    ap.add_argument("--hardware", help=f"{', '.join(GPUS)}, tpu-GEN:TOPOLOGY ({', '.join(TPU_HBM)}); "
-                                       f"usable memory: {GPU_USABLE:.0%} (GPU) / {TPU_USABLE:.0%} (TPU) of the device's")
+    ap.add_argument("--hardware", help=f"{', '.join(GPUS)}, tpu-GEN:TOPOLOGY ({', '.join(TPU_HBM)}); usable memory: "
+                                       f"{GPU_USABLE:.0%} (GPU) / {TPU_USABLE:.0%} (TPU) of the device's")
     ap.add_argument("--layers", type=int, help="Thinker / Talker depth (reduced-depth plans; default: the real model)")
     ap.add_argument("--image-size", type=int, default=448, help="side of the square image the vision program encodes")
     ap.add_argument("--audio-seconds", type=float, default=30.0)

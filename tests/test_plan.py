@@ -2,7 +2,8 @@
 
 One subprocess plans the real-width model with 4 Thinker / Talker layers on ``fsdp=2,expert=4`` (8 simulated CPU
 devices it sets up itself, no XLA_FLAGS) in float32 at batch 1 and a 4k context, compiling the three generation
-programs (``--programs``; the encoders are left out for time): the JSON last line has every field; per device the parameters are at most 1.05 x (model bytes / 8) + 0.15 GB; the compiled temporaries of
+programs (``--programs``; the encoders are left out for time): the JSON last line has every field; per device
+the parameters are at most 1.05 x (model bytes / 8) + 0.15 GB; the compiled temporaries of
 the Thinker decode step (Talker tap on) and of the Talker frame step stay below 1 GB and those of the 2k-token
 Thinker prefill below 2 GB (the scan keeps them the same at full depth: no weight copied per step).
 """

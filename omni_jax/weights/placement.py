@@ -157,7 +157,8 @@ def read_params_to_devices(directory: Path, param_shapes: dict[str, tuple[int, .
         region = _bounds(unit.index(), param_shapes[unit.param])
         full = np.asarray(arr).reshape(tuple(b - a for a, b in region))
         for box, inter in bufs.pieces(unit.param, region):
-            bufs.write(unit.param, box, inter, full[tuple(slice(a - r[0], b - r[0]) for (a, b), r in zip(inter, region))])
+            piece = full[tuple(slice(a - r[0], b - r[0]) for (a, b), r in zip(inter, region))]
+            bufs.write(unit.param, box, inter, piece)
         bufs.count(unit.param, region)
         if progress is not None:
             progress(1)

@@ -1,11 +1,12 @@
-"""The expert-parallel layer on meshes that also split the experts' own dims (8 simulated CPU devices).
+"""The expert-parallel layer on a mesh that also splits the experts' own dims (8 simulated CPU devices).
 
-Experts stored as the model stores them — stacked over layers, placed by their logical axes (experts over
-``expert``, the model width over ``fsdp``, the expert MLP width over ``tensor``): INT4 experts (group 2) on
-``fsdp=2,tensor=2,expert=2``, where every axis splits them (integers and scales alike). Layer 1 of the stack through both paths (2 tokens: psum, gathering only the
-selected experts' pieces; 16 tokens: all_to_all, gathering the layer's local experts a chunk at a time) equals
-the single-device dense block on that layer's (dequantized) weights to 1e-5 max abs (fp32 summation order;
-reached ~1e-7), and each device holds 1/8 of the expert stacks. (Float experts on five meshes, in the whole model: tests/test_mesh.py.)
+INT4 experts (group 2) stored as the model stores them — stacked over layers, placed by their logical axes
+(experts over ``expert``, the model width over ``fsdp``, the expert MLP width over ``tensor``) — on
+``fsdp=2,tensor=2,expert=2``, where every axis splits them (integers and scales alike). Layer 1 of the stack
+through both paths (2 tokens: psum, gathering only the selected experts' pieces; 16 tokens: all_to_all,
+gathering the layer's local experts a chunk at a time) equals the single-device dense block on that layer's
+dequantized weights to 1e-5 max abs (fp32 summation order; reached ~1e-7), and each device holds 1/8 of the
+expert stacks. (Float experts on five meshes, in the whole model: tests/test_mesh.py.)
 """
 
 import json
