@@ -6,8 +6,11 @@ RMSNorm over head_dim, interleaved M-RoPE applied after the q/k norms, no biases
 Parameters of all layers are stacked on a leading layer axis and the stack runs as ``jax.lax.scan``. The
 scan is split into segments (never unrolled) where something happens between layers: deepstack
 injections after the first layers, a tapped hidden state (the Talker reads Thinker layer 24), or a change of
-routing hooks from one layer to the next. The KV cache is one array per k/v for all layers,
-``[num_layers, B, S, Hkv, D]``, carried through the scan and updated in place at (layer, slot).
+routing hooks from one layer to the next. Every segment scans over layer *indices* and reads its layer's
+weights from the whole stacks inside the body: slicing a segment's stacks first (``a[start:end]``) makes
+XLA copy every layer of the segment on each call, so a split stack cost memory and time in proportion to
+its depth. The KV cache is one array per k/v for all layers, ``[num_layers, B, S, Hkv, D]``, carried
+through the scan and updated in place at (layer, slot).
 """
 
 from __future__ import annotations
@@ -165,6 +168,11 @@ def _layer(p, mlp, x, cos, sin, mask, cache, layer_idx, slot, cfg: TextConfig, r
     return x + y.astype(x.dtype), cache, stats
 
 
+def layer_weights(stacks: dict, idx) -> dict:
+    """Layer ``idx`` (traced) of every stacked weight in ``stacks`` ([num_layers, ...] leaves)."""
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, idx, 0, keepdims=False), stacks)
+
+
 def _segments(opts: StackOptions, n_layers: int, n_inject: int) -> list[tuple[int, int]]:
     cuts = {0, n_layers}
     cuts.update(t + 1 for t in opts.taps)
@@ -192,9 +200,9 @@ def decoder_stack(layers: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, ma
     n_inject = 0 if inject is None else inject.shape[0]
     kv = None if cache is None else (cache.k, cache.v)
     stats_parts, hidden_parts, taps = [], [], {}
+    attn_stacks = {k: v for k, v in layers.items() if k != "mlp"}
     for start, end in _segments(opts, n, n_inject):
         routing = opts.routing[start]
-        seg_params = jax.tree.map(lambda a: a[start:end], {k: v for k, v in layers.items() if k != "mlp"})
         seg_inject = inject[start:end] if (inject is not None and start < n_inject) else None
 
         # a tap is the layer's output before its deepstack injection (HF's hidden_states hook on the layer)
@@ -202,7 +210,8 @@ def decoder_stack(layers: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, ma
 
         def body(carry, xs, routing=routing, keep_out=keep_out):
             h, kv_c = carry
-            p, idx, inj = xs
+            idx, inj = xs
+            p = layer_weights(attn_stacks, idx)
             h, kv_c, st = _layer(p, layers["mlp"], h, cos, sin, mask, kv_c, idx, slot, cfg, routing, opts.backend,
                                  token_mask, opts.mesh, opts.router_outputs)
             out = h if keep_out else None
@@ -210,7 +219,7 @@ def decoder_stack(layers: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, ma
                 h = h + inj.astype(h.dtype)
             return (h, kv_c), (st, out)
 
-        xs = (seg_params, jnp.arange(start, end), seg_inject)
+        xs = (jnp.arange(start, end, dtype=jnp.int32), seg_inject)
         (x, kv), (st, outs) = jax.lax.scan(body, (x, kv), xs)
         stats_parts.append(st)
         if opts.collect_hidden:
