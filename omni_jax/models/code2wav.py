@@ -31,6 +31,7 @@ from omni_jax.errors import UsageError
 from omni_jax.config import Code2WavConfig
 from omni_jax.models.common import full, normal, ones, pure_params, zeros
 from omni_jax.ops.activations import gelu, snake_beta
+from omni_jax.ops.attention import attention
 from omni_jax.ops.conv import (
     causal_conv1d,
     causal_trans_conv1d,
@@ -203,19 +204,14 @@ def sliding_window_mask(length: int, window: int | None) -> jax.Array:
     return allowed
 
 
-def attention(x: jax.Array, p: dict, cos: jax.Array, sin: jax.Array, mask: jax.Array, cfg: Code2WavConfig):
+def self_attention(x: jax.Array, p: dict, cos: jax.Array, sin: jax.Array, mask: jax.Array, cfg: Code2WavConfig):
     """Multi-head self-attention without q/k norm (HF eager: scores in activation dtype, softmax in fp32)."""
     b, t, _ = x.shape
     hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q = apply_rope(linear(x, p["q"]).reshape(b, t, hq, d), cos, sin)
     k = apply_rope(linear(x, p["k"]).reshape(b, t, hkv, d), cos, sin)
     v = linear(x, p["v"]).reshape(b, t, hkv, d)
-    q = q.reshape(b, t, hkv, hq // hkv, d)
-    scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k) * jnp.asarray(d ** -0.5, x.dtype)
-    scores = jnp.where(mask, scores.astype(jnp.float32), -jnp.inf)
-    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v).reshape(b, t, hq * d)
-    return linear(out, p["o"])
+    return linear(attention(q, k, v, mask[None]).reshape(b, t, hq * d), p["o"])
 
 
 def pre_transformer(params: dict, x: jax.Array, cfg: Code2WavConfig) -> jax.Array:
@@ -226,7 +222,7 @@ def pre_transformer(params: dict, x: jax.Array, cfg: Code2WavConfig) -> jax.Arra
     eps = cfg.rms_norm_eps
 
     def layer(h, p):
-        a = attention(rms_norm(h, p["attn_norm"], eps), p, cos, sin, mask, cfg)
+        a = self_attention(rms_norm(h, p["attn_norm"], eps), p, cos, sin, mask, cfg)
         h = h + p["attn_scale"] * a
         m = swiglu_mlp(rms_norm(h, p["mlp_norm"], eps), p["gate_up"], p["down"])
         return h + p["mlp_scale"] * m, None

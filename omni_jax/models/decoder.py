@@ -160,7 +160,7 @@ def _layer(p, mlp, x, cos, sin, mask, cache, layer_idx, slot, cfg: TextConfig, r
         cache = (ck, cv)
         k = jax.lax.dynamic_index_in_dim(ck, layer_idx, 0, keepdims=False).astype(x.dtype)
         v = jax.lax.dynamic_index_in_dim(cv, layer_idx, 0, keepdims=False).astype(x.dtype)
-    o = attention(q, k, v, mask)
+    o = attention(q, k, v, mask, scale_in_float32=True)
     x = x + linear(o.reshape(b, l, hq * d), a["o_proj"])
     h = rms_norm(x, p["post_norm"], cfg.rms_norm_eps)
     y, stats = moe_block(h, mlp, routing, token_mask=token_mask, backend=backend, layer=layer_idx,
