@@ -12,7 +12,11 @@ Real widths (``CodePredictorConfig()``: 5 layers, hidden 1024, 16/8 heads x 128,
 Also prints the max abs difference between the two outputs (greedy codes: the number of differing codes).
 
     python -m omni_jax.bench speech [--json] [--frames 25] [--repeat 3] [--dtypes float32,bfloat16]
-        [--cp-layers 5] [--c2w-layers 8] [--parts code_predictor,code2wav]
+        [--cp-layers 5] [--c2w-layers 8] [--parts talker,code_predictor,code2wav]
+
+Also the Talker decoder layer (``talker``): one decode step of one real-width layer (x20 = a frame's Talker
+step), HF's figure the faster of its two MoE experts implementations. Every figure is the median of
+``--repeat`` runs. Where the time goes and what was done about it: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -236,7 +240,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m omni_jax.bench speech", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--frames", type=int, default=25, help="codec frames for Code2Wav (12.5 per second)")
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per figure (the median is reported)")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--cp-layers", type=int, default=CodePredictorConfig().num_layers)
     ap.add_argument("--c2w-layers", type=int, default=Code2WavConfig().num_layers)
