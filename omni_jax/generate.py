@@ -3,7 +3,8 @@
     python -m omni_jax.generate --checkpoint DIR --prompt "Hello" [--system TEXT] [--max-new-tokens N]
         [--image PATH]... [--audio PATH]... [--video PATH]... [--use-audio-in-video]
         [--greedy | --temperature T --top-p P --top-k K --seed S] [--dtype float32|bfloat16] [--json]
-        [--speaker NAME] [--wav-out FILE] [--no-speech]
+        [--speaker NAME] [--wav-out FILE] [--no-speech] [--routing K=V,...] [--talker-routing K=V,...]
+        [--routing-config FILE.toml] [--router-stats FILE] [--fused] [--compilation-cache DIR|off] [--verbose]
 
 DIR is a Hugging Face Qwen3-Omni checkpoint directory or one written by convert/hf_to_orbax.py. The prompt
 is the user turn rendered with the checkpoint's chat template (with the generation prompt); its content is
@@ -11,6 +12,9 @@ the images, then the audios, then the videos, then the prompt text. Text streams
 to stdout as it is produced; with ``--json`` the last stdout line is one JSON object. Speech is on when
 the checkpoint has a talker (``--no-speech`` turns it off): the Talker speaks the generated text with
 ``--speaker`` and the 24 kHz waveform is written to ``--wav-out``.
+
+This module parses the flags, prints and writes files; the generation is ``omni_jax.api`` (``OmniModel.prepare``
+checks everything before the weights are read, ``OmniModel.run`` generates).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
+
+from omni_jax.errors import OmniJaxError, UsageError, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,14 +62,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-chunk-frames", type=int, default=None,
                    help="stream speech in pieces of this many codec frames, each appended to --wav-out as soon as "
                         "it is decoded (default 300 = HF's chunked_decode, whose waveform it equals; 10 with --demo)")
+    p.add_argument("--routing", default=None, metavar="KEY=VALUE,...",
+                   help="Thinker routing for every MoE layer, e.g. top_k=4,temperature=0.5 (keys: top_k, top_p, "
+                        "temperature, bias, bias_selection_only, expert_keep_mask, random_seed, capacity_factor, "
+                        "norm_topk_prob; a [list] with one value per layer routes each layer its own way)")
+    p.add_argument("--talker-routing", default=None, metavar="KEY=VALUE,...",
+                   help="Talker routing, same keys as --routing")
+    p.add_argument("--routing-config", type=Path, default=None, metavar="FILE.toml",
+                   help="routing from the [routing] table of a TOML file (thinker_top_k = 4, talker_top_k = 4, ...: "
+                        "the experiment files' keys); --routing / --talker-routing override its keys. A file that "
+                        "cannot be read or parsed is a bad argument of this flag (exit 2)")
     p.add_argument("--router-stats", type=Path, default=None,
-                   help="write per-layer expert counts for prompt and generated tokens to this JSON file")
+                   help="write per-layer expert counts (Thinker prompt and generated tokens, Talker frames) to this "
+                        "JSON file")
+    p.add_argument("--fused", action="store_true",
+                   help="run the whole generation as one jitted XLA program (same output; nothing streams)")
+    p.add_argument("--compilation-cache", default=None, metavar="DIR|off",
+                   help="JAX's persistent compilation cache (default: $OMNI_JAX_COMPILATION_CACHE, else "
+                        "~/.cache/omni_jax/jax_compilation); 'off' disables it")
+    p.add_argument("--verbose", action="store_true",
+                   help="print the XLA programs this call compiled (name, count, seconds) to stderr")
     return p
 
 
 def thinker_sampling(args, checkpoint: Path):
     """--greedy, else the flags, else the checkpoint's generation_config.json, else greedy (HF's default)."""
     from omni_jax.generation.sampling import SamplingConfig
+    from omni_jax.processing.tokenizer import TokenizerFileError
 
     if args.greedy:
         return SamplingConfig.greedy()
@@ -74,40 +98,94 @@ def thinker_sampling(args, checkpoint: Path):
         try:
             gen = json.loads(gpath.read_text())
         except json.JSONDecodeError:
-            raise ValueError(f"{gpath}: not valid JSON") from None
+            raise TokenizerFileError(f"{gpath}: not valid JSON") from None
     explicit = any(v is not None for v in (args.temperature, args.top_p, args.top_k))
     do_sample = explicit or bool(gen.get("do_sample", "temperature" in gen or "top_p" in gen))
     if not do_sample:
         return SamplingConfig.greedy(gen.get("repetition_penalty", 1.0))
-    return SamplingConfig(
-        do_sample=True,
-        temperature=args.temperature if args.temperature is not None else gen.get("temperature", 1.0),
-        top_p=args.top_p if args.top_p is not None else gen.get("top_p"),
-        top_k=args.top_k if args.top_k is not None else gen.get("top_k"),
-        repetition_penalty=gen.get("repetition_penalty", 1.0),
-    )
+    try:
+        return SamplingConfig(
+            do_sample=True,
+            temperature=args.temperature if args.temperature is not None else gen.get("temperature", 1.0),
+            top_p=args.top_p if args.top_p is not None else gen.get("top_p"),
+            top_k=args.top_k if args.top_k is not None else gen.get("top_k"),
+            repetition_penalty=gen.get("repetition_penalty", 1.0),
+        )
+    except ValueError as e:
+        raise UsageError(f"sampling: {e}") from None
 
 
-def router_stats_json(records, prompt_len: int, n_layers: int) -> dict:
-    """Per-layer expert counts, prompt (prefill) and generated tokens separately."""
-    import numpy as np
+def routing_options(args, cfg) -> tuple:
+    """(Thinker routing, Talker routing): one RoutingConfig per layer each, or None for the model's routing."""
+    from omni_jax.moe.routing_spec import parse_routing_flag, read_routing_file, routing_from_settings
 
-    prompt = np.asarray(records[0].stats.counts)
-    gen = sum((np.asarray(r.stats.counts) for r in records[1:]), np.zeros_like(prompt))
-    return {"num_layers": n_layers, "prompt_tokens": prompt_len, "generated_tokens": len(records) - 1,
-            "prompt_counts": prompt.tolist(), "generated_counts": gen.tolist()}
+    settings = {"thinker": {}, "talker": {}}
+    sources = {"thinker": [], "talker": []}
+    if args.routing_config is not None:
+        for stack, values in read_routing_file(args.routing_config).items():
+            settings[stack].update(values)
+            if values:
+                sources[stack].append(str(args.routing_config))
+    for stack, flag, text in (("thinker", "--routing", args.routing), ("talker", "--talker-routing",
+                                                                       args.talker_routing)):
+        if text is not None:
+            settings[stack].update(parse_routing_flag(text, flag))
+            sources[stack].append(flag)
+    out = []
+    for stack in ("thinker", "talker"):
+        if not settings[stack]:
+            out.append(None)
+            continue
+        if stack == "talker" and not cfg.has_talker:
+            raise UsageError(f"{' and '.join(sources[stack])}: this checkpoint has no talker to route")
+        text_cfg = cfg.thinker.text if stack == "thinker" else cfg.talker.text
+        out.append(routing_from_settings(settings[stack], text_cfg, " and ".join(sources[stack])))
+    return tuple(out)
+
+
+def check_flags(args) -> None:
+    """The checks that need nothing but the flags (before any file is read)."""
+    if args.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be >= 1")
+    if args.audio_chunk_frames is not None and args.audio_chunk_frames < 1:
+        raise UsageError("--audio-chunk-frames must be >= 1")
+    if args.max_speech_frames is not None and args.max_speech_frames < 0:
+        raise UsageError("--max-speech-frames must be >= 0")
+    if args.use_audio_in_video and not args.video:
+        raise UsageError("--use-audio-in-video needs a --video")
+
+
+class _WavOut:
+    """The speech file, opened when the first piece arrives (so nothing is written before speech exists)."""
+
+    def __init__(self, path: Path):
+        self.path, self.writer = path, None
+
+    def write(self, wav) -> None:
+        if self.writer is None:
+            from omni_jax.generation.speech import WavStreamWriter
+
+            self.writer = WavStreamWriter(self.path)
+        self.writer.write(wav)
+
+    def close(self) -> None:
+        if self.writer is None:
+            import numpy as np
+
+            self.write(np.zeros(0, np.float32))
+        self.writer.close()
 
 
 def run(args) -> dict:
+    import time
+
     import numpy as np
 
-    from omni_jax.config import OmniConfig
-    from omni_jax.generation.thinker_engine import ThinkerEngine
-    from omni_jax.models.common import pure_params
+    from omni_jax.api import OmniModel
+    from omni_jax.compilation import CompileLog
     from omni_jax.processing.chat import build_messages
-    from omni_jax.processing.prompt import TextProcessor, prepare_text_batch
-    from omni_jax.weights import load_checkpoint
 
+    check_flags(args)
     ckpt = args.checkpoint
     if args.demo and ckpt is None:
         from omni_jax.demo import RANDOM_WEIGHTS_NOTICE, ensure_demo_checkpoint
@@ -126,128 +204,81 @@ def run(args) -> dict:
         if args.audio_chunk_frames is None:
             args.audio_chunk_frames = 10
     if ckpt is None:
-        raise ValueError("--checkpoint is required (or --demo)")
-    if not ckpt.is_dir():
-        raise ValueError(f"{ckpt}: checkpoint directory not found")
-    if args.max_new_tokens < 1:
-        raise ValueError("--max-new-tokens must be >= 1")
-    if args.audio_chunk_frames is not None and args.audio_chunk_frames < 1:
-        raise ValueError("--audio-chunk-frames must be >= 1")
-    cfg = OmniConfig.from_file(ckpt)
-    processor = TextProcessor.from_dir(ckpt, cfg)
-    sampling = thinker_sampling(args, ckpt)
-    if args.use_audio_in_video and not args.video:
-        raise ValueError("--use-audio-in-video needs a --video")
+        raise UsageError("--checkpoint is required (or --demo)")
+    model = OmniModel.open(ckpt, dtype=args.dtype, mesh=args.mesh, compilation_cache=args.compilation_cache)
+    cfg = model.cfg
+    if not cfg.has_talker and args.wav_out is not None and not args.no_speech:
+        from omni_jax.generation.speech import NoTalkerError
+
+        raise NoTalkerError(f"{ckpt}: this checkpoint has no talker, it cannot produce speech (drop --wav-out)")
+    from omni_jax.generation.talker_engine import TalkerSampling
+
+    routing, talker_routing = routing_options(args, cfg)
+    speech = cfg.has_talker and not args.no_speech
     messages = build_messages(args.prompt, system=args.system, images=[str(p) for p in args.image],
                               audios=[str(p) for p in args.audio], videos=[str(p) for p in args.video])
-    has_media = bool(args.image or args.audio or args.video)
-    if has_media:
-        from omni_jax.processing.multimodal import MediaOptions, MultimodalProcessor
+    request = model.prepare(
+        messages, max_new_tokens=args.max_new_tokens, thinker_sampling=thinker_sampling(args, ckpt),
+        talker_sampling=TalkerSampling.greedy() if args.greedy else TalkerSampling(), speech=speech,
+        speaker=args.speaker, seed=args.seed, use_audio_in_video=args.use_audio_in_video,
+        image_max_pixels=args.image_max_pixels, video_fps=args.video_fps, video_max_frames=args.video_max_frames,
+        max_speech_frames=4095 if args.max_speech_frames is None else args.max_speech_frames,
+        audio_chunk_frames=args.audio_chunk_frames or 300, routing=routing, talker_routing=talker_routing,
+        fused=args.fused)
 
-        options = MediaOptions(use_audio_in_video=args.use_audio_in_video, image_max_pixels=args.image_max_pixels,
-                               video_fps=args.video_fps, video_max_frames=args.video_max_frames)
-        batch = MultimodalProcessor.from_dir(ckpt, cfg)([messages], options)  # media errors surface before loading
-    else:
-        prompt = prepare_text_batch(processor, [messages])
-    if not cfg.has_talker and args.wav_out is not None and not args.no_speech:
-        raise ValueError(f"{ckpt}: this checkpoint has no talker, it cannot produce speech (drop --wav-out)")
-    speech = cfg.has_talker and not args.no_speech
-    from omni_jax.models.decoder import StackOptions
-
-    mesh = None
-    if args.mesh:
-        from omni_jax.sharding import make_mesh
-
-        mesh = make_mesh(args.mesh)  # a bad spec fails before loading
-    taps = ()
-    if speech:
-        from omni_jax.generation.speech import speaker_id
-
-        speaker_id(cfg, args.speaker)  # an unknown speaker fails before any generation
-        taps = (cfg.talker.accept_hidden_layer - 1,)
-    opts = StackOptions.uniform(cfg.thinker.text, taps=taps, mesh=mesh)
-    from omni_jax.generation.thinker_engine import cache_size_for
-
-    prompt_len = batch.input_ids.shape[1] if has_media else prompt.length
-    cache_size_for(cfg.thinker.text, prompt_len, args.max_new_tokens)  # a too-long prompt fails before loading
-    t0 = time.perf_counter()
-    cfg, model = load_checkpoint(ckpt, dtype=args.dtype, progress=sys.stderr.isatty(), mesh=mesh)
-    load_s = time.perf_counter() - t0
-    params = pure_params(model)
-    if has_media:
-        from omni_jax.models.thinker import prepare_prompt
-
-        prompt = prepare_prompt(params["thinker"], cfg, batch)
-    engine = ThinkerEngine(cfg, params["thinker"]["text"])
-    decoder = processor.tokenizer.stream_decoder(skip_special_tokens=True)
-    eos = processor.eos_ids()
-    ids: list[int] = []
-    records = []
-    t_start = time.perf_counter()
-    t_first = None
-    for rec in engine.stream(prompt, args.max_new_tokens, sampling, eos, seed=args.seed, opts=opts):
-        tok = int(rec.tokens[0])
-        records.append(rec)
-        if t_first is None:
-            t_first = time.perf_counter() - t_start
-        ids.append(tok)
-        if tok in eos:
-            break
-        delta = decoder.push(tok)
-        if delta and not args.json:
+    def on_text(row: int, delta: str) -> None:
+        if not args.json:
             sys.stdout.write(delta)
             sys.stdout.flush()
-    tail = decoder.finish()
-    if tail and not args.json:
-        sys.stdout.write(tail)
+
+    wav_out = _WavOut(args.wav_out or Path("demo.wav" if args.demo else "output.wav")) if speech else None
+    with CompileLog() as log:
+        load_s = model.load_weights(progress=sys.stderr.isatty())
+        t0 = time.perf_counter()
+        try:
+            res = model.run(request, on_text=on_text, on_audio=None if wav_out is None else lambda i, w: wav_out.write(w))
+        finally:
+            if wav_out is not None:
+                wav_out.close()
+    t = res.extras
+    n = len(res.token_ids)
+    thinker_s = t.get("thinker_s", t["total_s"])
+    result = {
+        "text": res.text,
+        "token_ids": res.token_ids,
+        "prompt_tokens": res.router.prompt_tokens,
+        "load_s": round(load_s, 3),
+        "compile_s": round(log.compile_s, 3),
+        "compiled_programs": log.compiled,
+        "time_to_first_token_s": round(t.get("time_to_first_token_s") or t["total_s"], 4),
+        "tokens_per_s": round(n / thinker_s, 3) if thinker_s > 0 else None,
+    }
+    if res.reasoning is not None:
+        result["reasoning"] = res.reasoning
     if not args.json:
         sys.stdout.write("\n")
         sys.stdout.flush()
-        print(f"[{len(ids)} tokens, first after {t_first or 0.0:.2f} s]", file=sys.stderr)
-    elapsed = time.perf_counter() - t_start
-    text = processor.tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True)
-    result = {
-        "text": text,
-        "token_ids": ids,
-        "prompt_tokens": int(np.asarray(prompt.attention_mask).sum()),
-        "load_s": round(load_s, 3),
-        "time_to_first_token_s": round(t_first or 0.0, 4),
-        "tokens_per_s": round(len(ids) / elapsed, 3) if elapsed > 0 else None,
-    }
+        print(f"[{n} tokens, first after {result['time_to_first_token_s']:.2f} s]", file=sys.stderr)
     if speech:
-        from omni_jax.generation.speech import WavStreamWriter, speak_stream
-        from omni_jax.generation.talker_engine import TalkerSampling
-
-        t_speech = time.perf_counter()
-        wav_out = args.wav_out or Path("demo.wav" if args.demo else "output.wav")
-        t_audio = None
-        with WavStreamWriter(wav_out) as writer:
-            for event in speak_stream(cfg, params, records, prompt, speaker=args.speaker,
-                                      talker_sampling=TalkerSampling.greedy() if args.greedy else TalkerSampling(),
-                                      seed=args.seed, max_frames=args.max_speech_frames or 4095,
-                                      chunk_size=args.audio_chunk_frames or 300,
-                                      talker_opts=StackOptions.uniform(cfg.talker.text, mesh=mesh)):
-                if event["type"] == "audio":
-                    writer.write(event["wav"])
-                    if t_audio is None:
-                        t_audio = time.perf_counter() - t_start
-                else:
-                    res = event["result"]
-        codes = np.asarray(res.codes[0]).reshape(-1, cfg.talker.num_code_groups)
-        result.update(codec_codes=codes.astype(int).tolist(), sample_rate=res.sample_rate, wav_path=str(wav_out),
-                      speech_s=round(time.perf_counter() - t_speech, 3),
-                      time_to_first_audio_s=None if t_audio is None else round(t_audio, 4))
+        ttfa = t.get("time_to_first_audio_s", t["total_s"] if res.wav is not None and res.wav.size else None)
+        result.update(codec_codes=np.asarray(res.codec_codes).astype(int).tolist(), sample_rate=res.sample_rate,
+                      wav_path=str(wav_out.path), speech_s=round(time.perf_counter() - t0 - thinker_s, 3),
+                      time_to_first_audio_s=None if ttfa is None else round(ttfa, 4))
         if args.json:
-            result["wav"] = [round(float(v), 6) for v in res.wavs[0]]
+            result["wav"] = [round(float(v), 6) for v in res.wav]
         else:
-            ttfa = "" if t_audio is None else f", first audio after {t_audio:.2f} s"
-            print(f"[speech: {len(codes)} frames, {res.wavs[0].size / res.sample_rate:.2f} s at "
-                  f"{res.sample_rate} Hz -> {wav_out}{ttfa}]", file=sys.stderr)
+            first = "" if ttfa is None else f", first audio after {ttfa:.2f} s"
+            print(f"[speech: {len(res.codec_codes)} frames, {res.wav.size / res.sample_rate:.2f} s at "
+                  f"{res.sample_rate} Hz -> {wav_out.path}{first}]", file=sys.stderr)
     if args.demo:
         result["demo_random_weights"] = True
+    if args.fused:
+        result["fused"] = True
     if args.router_stats is not None:
-        stats = router_stats_json(records, result["prompt_tokens"], cfg.thinker.text.num_layers)
-        args.router_stats.write_text(json.dumps(stats))
+        args.router_stats.write_text(json.dumps(res.router.to_json()))
+    if args.verbose:
+        print(f"[XLA programs of this call (after the weights were read: {load_s:.2f} s)]\n{log.table()}",
+              file=sys.stderr)
     return result
 
 
@@ -255,9 +286,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         result = run(args)
+    except OmniJaxError as e:
+        print(f"omni_jax.generate: error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
     except (ValueError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"omni_jax.generate: error: {msg}", file=sys.stderr)
+        print(f"omni_jax.generate: error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("omni_jax.generate: interrupted", file=sys.stderr)

@@ -231,7 +231,7 @@ def get_rope_index(input_ids, attention_mask=None, image_grid_thw=None, video_gr
     if mask.shape != ids.shape:
         raise PositionIdError(f"attention_mask shape {mask.shape} differs from input_ids shape {ids.shape}")
     if image_grid_thw is None and video_grid_thw is None:
-        pos = np.cumsum(mask.astype(F32), axis=-1, dtype=F32) - F32(1)
+        pos = np.array(text_positions(mask)[0])
         pos[mask == 0] = 1
         pos3 = np.broadcast_to(pos, (3,) + pos.shape).astype(F32)
         deltas = (pos.max(-1, keepdims=True) + F32(1) - mask.sum(-1, keepdims=True)).astype(F32)
@@ -247,6 +247,15 @@ def get_rope_index(input_ids, attention_mask=None, image_grid_thw=None, video_gr
         out[:, b, keep] = pos
         deltas[b, 0] = (pos.max() + F32(1) - F32(len(tokens))) if pos.size else F32(0)
     return out, deltas
+
+
+def text_positions(attention_mask):
+    """Text position ids ``[3, B, L]`` float32: 0, 1, 2, ... over each row's real tokens (padding 0, left or right).
+
+    ``attention_mask`` [B, L] (1 = real token) is a numpy or a JAX array; under ``jit`` it may be traced (only
+    array methods are used, so a numpy mask stays on the host and a traced one stays in the graph)."""
+    pos = (attention_mask.astype("int32").cumsum(-1) - 1).clip(0).astype("float32")
+    return pos[None].repeat(3, axis=0)
 
 
 def decode_position_ids(tokens_in_cache, rope_deltas) -> np.ndarray:

@@ -8,6 +8,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# no persistent compilation cache in tests (hermetic; nothing written to the user's cache folder) unless the
+# environment asks for one, e.g. OMNI_JAX_COMPILATION_CACHE=/ci/cache to share compiled programs between CI runs
+os.environ.setdefault("OMNI_JAX_COMPILATION_CACHE", "off")
 
 sys.path.insert(0, str(Path(__file__).parent))
 

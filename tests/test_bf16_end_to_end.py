@@ -30,7 +30,7 @@ def test_bfloat16_end_to_end(tiny_ckpt, media, monkeypatch):  # noqa: F811
     conv = [{"role": "user", "content": [{"type": "image", "image": str(media["img_a"])},
                                          {"type": "audio", "audio": str(media["aud_a"])},
                                          {"type": "text", "text": "What is this?"}]}]
-    prompt = model._prepare([conv], False, None, None, None)
+    prompt = model.encode(model.prepare([conv]))
     assert prompt.inputs_embeds.dtype == jnp.bfloat16 and prompt.deepstack.dtype == jnp.bfloat16
     res = model.generate(conv, max_new_tokens=4, talker_sampling=TalkerSampling.greedy(), max_speech_frames=4)
     assert caches == [jnp.dtype(jnp.bfloat16)] * 2  # the Thinker's and the Talker's KV cache

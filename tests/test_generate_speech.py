@@ -65,8 +65,8 @@ def test_cli_speech_switches_and_errors(tiny_ckpt, tiny_thinker_only_ckpt, tmp_p
     assert r.returncode == 0, r.stderr
     assert "codec_codes" not in json.loads(r.stdout.strip().splitlines()[-1])
     bad = cli("--checkpoint", tiny_ckpt, "--prompt", PROMPT, "--speaker", "nobody")
-    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1  # a usage error
     assert "nobody" in bad.stderr and "Chelsie" in bad.stderr
     thinker_only = cli("--checkpoint", tiny_thinker_only_ckpt, "--prompt", PROMPT, "--wav-out", tmp_path / "x.wav")
-    assert thinker_only.returncode == 1 and "no talker" in thinker_only.stderr
+    assert thinker_only.returncode == 2 and "no talker" in thinker_only.stderr
     assert len(thinker_only.stderr.strip().splitlines()) == 1

@@ -117,5 +117,5 @@ def test_cli_streams_text_and_fails_cleanly(tiny_thinker_only_ckpt, tmp_path):
     bad = run_cli("--checkpoint", tmp_path / "nope", "--prompt", "hi")
     assert bad.returncode == 1 and "error" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     long = run_cli("--checkpoint", tiny_thinker_only_ckpt, "--prompt", "x " * 5000, "--max-new-tokens", 10)
-    assert long.returncode == 1 and "exceeds the model's context" in long.stderr
+    assert long.returncode == 2 and "exceeds the model's context" in long.stderr  # a usage error
     assert len(long.stderr.strip().splitlines()) == 1

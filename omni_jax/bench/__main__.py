@@ -20,6 +20,9 @@ def main(argv: list[str]) -> int:
     if name not in names:
         print(f"omni_jax.bench: unknown benchmark {name!r}; choose from {', '.join(names)}", file=sys.stderr)
         return 2
+    from omni_jax.compilation import setup_compilation_cache
+
+    setup_compilation_cache()  # compiled programs are kept between runs (see omni_jax.compilation)
     module = importlib.import_module(f"omni_jax.bench.{name.replace('-', '_')}")
     module.main(argv[1:])
     return 0

@@ -111,13 +111,14 @@ class RunContext:
         """Greedy decode of ``n_tokens`` from the first eval text's first 16 tokens: median ms per jitted step."""
         from omni_jax.experiments.surgery import with_thinker_text
         from omni_jax.generation.sampling import SamplingConfig
-        from omni_jax.generation.thinker_engine import PreparedPrompt, ThinkerEngine, pad_left
+        from omni_jax.generation.thinker_engine import ThinkerEngine
+        from omni_jax.models.prompt import PreparedPrompt, pad_left
+        from omni_jax.positions import text_positions
 
         es = self.thinker_eval()
         row = es.input_ids[0][: int(es.attention_mask[0].sum())][:16].tolist()
         ids, mask = pad_left([row], 0)
-        pos = np.broadcast_to(np.maximum(np.cumsum(mask, -1) - 1, 0)[None], (3, *mask.shape)).astype(np.float32)
-        prompt = PreparedPrompt(ids, mask, pos, np.zeros(1, np.float32))
+        prompt = PreparedPrompt(ids, mask, text_positions(mask), np.zeros(1, np.float32))
         engine = ThinkerEngine(with_thinker_text(self.cfg, text_cfg), text_params, opts)
         stamps = []
         for _ in engine.stream(prompt, n_tokens + 2, SamplingConfig.greedy(), eos_ids=set()):

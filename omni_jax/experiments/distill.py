@@ -48,9 +48,11 @@ import optax
 from omni_jax.errors import UsageError
 from omni_jax.config import TextConfig
 from omni_jax.experiments.surgery import evenly_spaced_layers, keep_experts, keep_layers
-from omni_jax.generation.sampling import SamplingConfig, sample
+from omni_jax.generation.sampling import SamplingConfig
+from omni_jax.generation.thinker_steps import decode_loop, thinker_prefill
 from omni_jax.models import thinker_text
-from omni_jax.models.decoder import KVCache, StackOptions
+from omni_jax.models.decoder import StackOptions
+from omni_jax.positions import text_positions
 
 MODES = ("off_policy", "on_policy")
 
@@ -195,12 +197,6 @@ def distill_loss(student_logits: jax.Array, teacher_logits: jax.Array, targets: 
 # ------------------------------------------------------------------------------------------------ forwards
 
 
-def text_positions(attention_mask: jax.Array) -> jax.Array:
-    """[B, L] mask -> text position ids [3, B, L]: 0, 1, 2, ... over the real tokens (left or right padding)."""
-    pos = jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0).astype(jnp.float32)
-    return jnp.broadcast_to(pos[None], (3,) + pos.shape)
-
-
 def logits_of(params: dict, cfg: TextConfig, opts: StackOptions, input_ids: jax.Array, attention_mask: jax.Array):
     emb = thinker_text.embed_tokens(params, input_ids)
     out = thinker_text.text_forward(params, cfg, opts, emb, text_positions(attention_mask), attention_mask)
@@ -259,27 +255,14 @@ def _optimizer(lr, schedule, warmup_steps, decay_steps, final_lr_ratio, weight_d
 @functools.partial(jax.jit, static_argnames=("cfg", "opts", "gen_tokens", "sampling"))
 def sample_continuations(params: dict, cfg: TextConfig, opts: StackOptions, prompt_ids: jax.Array,
                          prompt_mask: jax.Array, key: jax.Array, *, gen_tokens: int, sampling: SamplingConfig):
-    """The student's continuations of LEFT-padded prompts [B, P]: a prefill into a KV cache of P + gen_tokens
-    slots, then ``gen_tokens`` decode steps under ``lax.scan``. Returns generated ids [B, gen_tokens]."""
+    """The student's continuations of LEFT-padded prompts [B, P]: the generation's prefill into a KV cache of
+    P + gen_tokens slots and its decode loop (no EOS: every row gets ``gen_tokens`` tokens).
+    Returns generated ids [B, gen_tokens]."""
     b, p = prompt_ids.shape
-    dtype = params["embed"].dtype
-    cache = KVCache.create(cfg, b, p + gen_tokens, dtype)
-    emb = thinker_text.embed_tokens(params, prompt_ids)
-    out = thinker_text.text_forward(params, cfg, opts, emb, text_positions(prompt_mask), prompt_mask, cache=cache,
-                                    logits_at="last")
-    start = jnp.sum(prompt_mask, axis=-1).astype(jnp.float32)
-    ones = jnp.ones((b, 1), jnp.int32)
-
-    def step(carry, k):
-        logits, cache, pos = carry
-        tok = sample(logits, k, sampling)
-        e = thinker_text.embed_tokens(params, tok[:, None])
-        positions = jnp.broadcast_to(pos[None, :, None], (3, b, 1))
-        o = thinker_text.text_forward(params, cfg, opts, e, positions, ones, cache=cache, logits_at="last")
-        return (o["logits"][:, -1], o["cache"], pos + 1), tok
-
-    _, toks = jax.lax.scan(step, (out["logits"][:, -1], out["cache"], start), jax.random.split(key, gen_tokens))
-    return toks.T
+    state, _ = thinker_prefill(params, cfg, opts, sampling, p + gen_tokens, prompt_ids, prompt_mask,
+                               text_positions(prompt_mask), jnp.zeros((b,), jnp.float32), key)
+    tokens, _, _ = decode_loop(params, cfg, opts, sampling, state, gen_tokens)
+    return tokens.T
 
 
 def left_pad_prompts(input_ids: np.ndarray, attention_mask: np.ndarray, prompt_len: int):

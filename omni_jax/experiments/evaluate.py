@@ -25,12 +25,7 @@ import numpy as np
 from omni_jax.config import TextConfig
 from omni_jax.models import thinker_text
 from omni_jax.models.decoder import StackOptions
-
-
-def text_positions(attention_mask: jax.Array) -> jax.Array:
-    """Right-padded text rows: positions 0.. on all three M-RoPE rows -> [3, B, L] float32."""
-    pos = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0).astype(jnp.float32)
-    return jnp.broadcast_to(pos[None], (3, *pos.shape))
+from omni_jax.positions import text_positions
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "opts"))

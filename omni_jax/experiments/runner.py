@@ -40,8 +40,11 @@ def run_experiment(path: str | Path, checkpoint: str | Path | None = None, out: 
     from omni_jax.processing.tokenizer import Tokenizer
     from omni_jax.weights import load_checkpoint
 
+    from omni_jax.compilation import setup_compilation_cache
+
     spec = load_spec(path, overrides)
     module = kind_module(spec["kind"])
+    setup_compilation_cache()
     ckpt = resolve_checkpoint(spec, checkpoint, log)
     spec["checkpoint"] = str(ckpt)
     out_dir = Path(out) if out is not None else Path("results") / spec["name"]

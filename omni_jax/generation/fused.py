@@ -15,6 +15,7 @@ throughput. ``generate_fused`` is the host wrapper.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -23,14 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.config import OmniConfig
-from omni_jax.generation import talker_engine as te
-from omni_jax.generation import thinker_engine as th
-from omni_jax.generation.sampling import SamplingConfig, sample
+from omni_jax.generation.sampling import SamplingConfig
+from omni_jax.generation.talker_engine import TalkerSampling, frame_loop, talker_prefill
 from omni_jax.generation.talker_prompt import (GEN_BUCKET, TRAILING_BUCKET, TalkerMedia, TalkerPlan,
                                                assemble_talker_prompt, plan_talker_prompt)
+from omni_jax.generation.thinker_engine import CACHE_BUCKET, cache_size_for
+from omni_jax.generation.thinker_steps import decode_loop, thinker_prefill
 from omni_jax.models import thinker_text
-from omni_jax.models.code2wav import _decode_window, total_upsample, wav_length
-from omni_jax.models.decoder import KVCache, StackOptions
+from omni_jax.models.code2wav import decode_window, total_upsample, wav_length
+from omni_jax.models.decoder import StackOptions
+from omni_jax.models.prompt import round_up
 
 
 @dataclass
@@ -39,77 +42,13 @@ class FusedResult:
     codes: list[np.ndarray] | None  # per row [frames, 16]
     wavs: list[np.ndarray] | None  # per row float32
     sample_rate: int = 24_000
-
-
-def _thinker_loop(params, cfg: OmniConfig, opts: StackOptions, sampling: SamplingConfig, eos_ids: tuple, n_new: int,
-                  cache_size: int, embeds, position_ids, attention_mask, deepstack, input_ids, rope_deltas, seed):
-    """ThinkerEngine.stream as a while_loop: tokens [N, B] (-1 past the end), prompt tap, step count."""
-    tcfg = cfg.thinker.text
-    b = embeds.shape[0]
-    cache = KVCache.create(tcfg, b, cache_size, embeds.dtype)
-    logits, cache, _, taps = th._prefill(params, tcfg, opts, embeds, position_ids, attention_mask, cache, deepstack)
-    key = jax.random.key(seed)
-    seen = jnp.zeros((b, tcfg.vocab_size), bool)
-    if sampling.repetition_penalty != 1.0:
-        seen = seen.at[jnp.arange(b)[:, None], input_ids].set(attention_mask.astype(bool))
-    key, sub = jax.random.split(key)
-    tokens = sample(logits, sub, sampling, seen=seen)
-    positions = (attention_mask.sum(-1) + rope_deltas).astype(jnp.float32)
-    eos = jnp.asarray(eos_ids, jnp.int32)
-    buf = jnp.full((n_new, b), -1, jnp.int32).at[0].set(tokens)
-    done = jnp.isin(tokens, eos)
-
-    def cond(state):
-        step, _, _, _, _, _, done, _ = state
-        return (step < n_new - 1) & ~jnp.all(done)
-
-    def body(state):
-        step, tokens, cache, seen, positions, key, done, buf = state
-        seen = seen.at[jnp.arange(b), tokens].set(True)
-        logits, cache, _, _, _ = th._step(params, tcfg, opts, tokens, positions, cache)
-        key, sub = jax.random.split(key)
-        tokens = sample(logits, sub, sampling, seen=seen)
-        buf = buf.at[step + 1].set(tokens)
-        return step + 1, tokens, cache, seen, positions + 1, key, done | jnp.isin(tokens, eos), buf
-
-    state = (jnp.asarray(0), tokens, cache, seen, positions, key, done, buf)
-    steps, *_, buf = jax.lax.while_loop(cond, body, state)
-    return buf, taps, steps + 1
+    router_counts: dict | None = None  # {"prompt", "generated"[, "talker"]}: [layers, experts] over the batch
 
 
 def _gen_lengths(buf, n_records, eos_ids):
     """Per row: tokens up to and including the first EOS, else every record (as ``generated_lengths``)."""
     is_eos = jnp.isin(buf, jnp.asarray(eos_ids, jnp.int32)) & (jnp.arange(buf.shape[0])[:, None] < n_records)
     return jnp.where(is_eos.any(0), jnp.argmax(is_eos, 0) + 1, n_records).astype(jnp.int32)
-
-
-def _talker_loop(params, cfg, opts, sampling, max_frames: int, cache_size: int, embeds, position_ids, attention_mask,
-                 next_position, trailing, trail_len, pad, seeds):
-    """TalkerEngine.stream as a while_loop: frames [F, B, 16] and valid [F, B]."""
-    b = embeds.shape[0]
-    cache = KVCache.create(cfg.text, b, cache_size, embeds.dtype)
-    c0, hidden, cache, _ = te._prefill(params, cfg, opts, sampling, embeds, position_ids, attention_mask, cache, seeds)
-    eos = cfg.codec_eos_token_id
-    seen = jnp.zeros((b, cfg.text.vocab_size), bool)
-    frames = jnp.zeros((max_frames, b, cfg.num_code_groups), jnp.int32)
-    valid = jnp.zeros((max_frames, b), bool)
-
-    def cond(state):
-        s, _, _, _, _, done, _, _ = state
-        return (s < max_frames) & ~jnp.all(done)
-
-    def body(state):
-        s, c0, hidden, seen, cache, done, frames, valid = state
-        active = ~done
-        frame, c0, hidden, seen, cache, _, _ = te._step(params, cfg, opts, sampling, s, c0, hidden, active, seen,
-                                                        next_position + s, trailing, trail_len, pad, cache, seeds)
-        frames = frames.at[s].set(frame)
-        valid = valid.at[s].set(active)
-        return s + 1, c0, hidden, seen, cache, done | (c0 == eos), frames, valid
-
-    state = (jnp.asarray(0, jnp.int32), c0, hidden, seen, cache, c0 == eos, frames, valid)
-    *_, frames, valid = jax.lax.while_loop(cond, body, state)
-    return frames, valid
 
 
 def _code2wav_chunks(params, codes, cfg, chunk_size: int, left_context: int):
@@ -124,7 +63,7 @@ def _code2wav_chunks(params, codes, cfg, chunk_size: int, left_context: int):
         ctx = min(left_context, start)
         window = codes[..., start - ctx: min(start + chunk_size, f)]
         window = jnp.pad(window, ((0, 0), (0, 0), (0, size - window.shape[-1])))
-        out.append(_decode_window(params, window, cfg))
+        out.append(decode_window(params, window, cfg))
     return jnp.stack(out)  # [chunks, B, samples]
 
 
@@ -136,30 +75,33 @@ def fused_generate(params, cfg: OmniConfig, thinker_opts: StackOptions, talker_o
                    cache_size: int, talker_cache_size: int, speech: bool, chunk_size: int, left_context: int,
                    has_mm: bool, embeds, position_ids, attention_mask, deepstack, input_ids, rope_deltas, seed,
                    plan: dict, talker_seeds):
-    """One XLA program: Thinker loop -> talker prompt -> Talker loop -> Code2Wav (see the module docstring)."""
+    """One XLA program: Thinker loop -> talker prompt -> Talker loop -> Code2Wav (see the module docstring).
+    ``embeds``: the prompt's input embeddings, or None for the token embeddings of ``input_ids``."""
     text = params["thinker"]["text"]
-    buf, taps, n_records = _thinker_loop(text, cfg, thinker_opts, sampling, eos_ids, n_new, cache_size, embeds,
-                                         position_ids, attention_mask, deepstack, input_ids, rope_deltas, seed)
-    out = {"tokens": buf, "records": n_records}
+    state, first = thinker_prefill(text, cfg.thinker.text, thinker_opts, sampling, cache_size, input_ids,
+                                   attention_mask, position_ids, rope_deltas, seed, embeds, deepstack)
+    buf, n_records, gen_counts = decode_loop(text, cfg.thinker.text, thinker_opts, sampling, state, n_new, eos_ids)
+    out = {"tokens": buf, "records": n_records, "prompt_counts": first["stats"].counts, "generated_counts": gen_counts}
     if not speech:
         return out
+    embeds = first["embeds"]
     gen_len = _gen_lengths(buf, n_records, eos_ids)
-    width = th.round_up(max(n_new - 1, 1), GEN_BUCKET)
+    width = round_up(max(n_new - 1, 1), GEN_BUCKET)
     gen_embeds = thinker_text.embed_tokens(text, jnp.maximum(buf.T, 0))  # g1, g2, ... (only fed ones are read)
     gen_embeds = jnp.pad(gen_embeds, ((0, 0), (0, width - n_new if width > n_new else 0), (0, 0)))[:, :width]
     t_plan = TalkerPlan(**plan)
-    t_width = th.round_up(max(n_new, 1), TRAILING_BUCKET)
-    tap = taps[f"tap_{cfg.talker.accept_hidden_layer - 1}"] if has_mm else None
+    t_width = round_up(max(n_new, 1), TRAILING_BUCKET)
+    tap = first["hidden_states"][f"tap_{cfg.talker.accept_hidden_layer - 1}"] if has_mm else None
     t_embeds, trailing, pad = assemble_talker_prompt(t_plan, params["talker"], text["embed"], embeds, tap,
                                                      gen_embeds, gen_len, t_width, has_mm=has_mm)
     trail_len = jnp.maximum(gen_len - 1, 1).astype(jnp.int32)
     next_position = (t_plan.position_ids[0, :, -1] + 1).astype(jnp.float32)
-    frames, valid = _talker_loop(params["talker"], cfg.talker, talker_opts, talker_sampling, max_frames,
-                                 talker_cache_size, t_embeds.astype(embeds.dtype), t_plan.position_ids,
-                                 t_plan.mask, next_position, trailing.astype(embeds.dtype), trail_len,
-                                 pad.astype(embeds.dtype), talker_seeds)
+    t_state, t_stats = talker_prefill(params["talker"], cfg.talker, talker_opts, talker_sampling, talker_cache_size,
+                                      t_embeds, t_plan.position_ids, t_plan.mask, talker_seeds)
+    frames, valid, t_counts = frame_loop(params["talker"], cfg.talker, talker_opts, talker_sampling, t_state,
+                                         max_frames, next_position, trailing, trail_len, pad, talker_seeds)
     codes = jnp.transpose(frames, (1, 2, 0))  # [B, Q, F]
-    out.update(frames=frames, valid=valid,
+    out.update(frames=frames, valid=valid, talker_counts=t_stats.counts + t_counts,
                chunks=_code2wav_chunks(params["code2wav"], codes, cfg.code2wav, chunk_size, left_context))
     return out
 
@@ -171,34 +113,38 @@ def compile_count() -> int:
 def generate_fused(cfg: OmniConfig, params: dict, prompt, max_new_tokens: int, sampling: SamplingConfig,
                    eos_ids, *, speech: bool = True, speaker_id: int | None = None, talker_sampling=None,
                    max_frames: int = 4095, seed: int = 0, chunk_size: int = 300, left_context: int = 25,
-                   media: TalkerMedia | None = None, mesh=None) -> FusedResult:
+                   media: TalkerMedia | None = None, mesh=None, thinker_opts: StackOptions | None = None,
+                   talker_opts: StackOptions | None = None) -> FusedResult:
     """Host wrapper: plan the talker prompt, run ``fused_generate`` once, cut tokens and waveforms per row.
 
-    prompt: the Thinker's ``PreparedPrompt``; the talker row ``b`` samples with ``seed + b`` (as ``speak``)."""
+    prompt: the Thinker's ``PreparedPrompt``; the talker row ``b`` samples with ``seed + b`` (as ``speak``).
+    thinker_opts / talker_opts: routing and MoE options of the two stacks (default: the reference routing, the
+    experts split over ``mesh``); the Thinker's tap for the talker prompt is added here."""
     tcfg = cfg.thinker.text
     eos = tuple(sorted(int(e) for e in eos_ids))
-    cache_size = th.cache_size_for(tcfg, prompt.length, max_new_tokens)
+    cache_size = cache_size_for(tcfg, prompt.length, max_new_tokens)
     taps = (cfg.talker.accept_hidden_layer - 1,) if speech else ()
-    thinker_opts = StackOptions.uniform(tcfg, taps=taps, mesh=mesh)
-    embeds = prompt.inputs_embeds
-    if embeds is None:
-        embeds = th._embed(params["thinker"]["text"], jnp.asarray(prompt.input_ids))
+    thinker_opts = dataclasses.replace(thinker_opts or StackOptions.uniform(tcfg, mesh=mesh), taps=taps)
     b = prompt.batch
-    plan, talker_opts, talker_cache, has_mm = {}, None, 0, False
+    plan, talker_cache, has_mm = {}, 0, False
     if speech:
         if media is None:
             extras = prompt.extras or {}
             media = TalkerMedia.from_source(extras.get("media", extras))
         p = plan_talker_prompt(cfg, prompt.input_ids, prompt.attention_mask, speaker_id, media)
         has_mm = p.has_mm
-        plan = {k: jnp.asarray(v) for k, v in vars(p).items()}
-        talker_opts = StackOptions.uniform(cfg.talker.text, mesh=mesh)
-        talker_cache = th.round_up(p.mask.shape[1] + max_frames + 1, th.CACHE_BUCKET)
-    out = fused_generate(params, cfg, thinker_opts, talker_opts, sampling, talker_sampling or te.TalkerSampling(),
+        plan = dict(vars(p))
+        talker_opts = talker_opts or StackOptions.uniform(cfg.talker.text, mesh=mesh)
+        talker_cache = round_up(p.mask.shape[1] + max_frames + 1, CACHE_BUCKET)
+    else:
+        talker_opts = None
+    out = fused_generate(params, cfg, thinker_opts, talker_opts, sampling, talker_sampling or TalkerSampling(),
                          eos, max_new_tokens, max_frames, cache_size, talker_cache, speech, chunk_size, left_context,
-                         has_mm, embeds, jnp.asarray(prompt.position_ids), jnp.asarray(prompt.attention_mask),
-                         prompt.deepstack, jnp.asarray(prompt.input_ids), jnp.asarray(prompt.rope_deltas),
-                         jnp.asarray(seed, jnp.uint32), plan, jnp.arange(seed, seed + b, dtype=jnp.uint32))
+                         has_mm, prompt.inputs_embeds, prompt.position_ids, prompt.attention_mask, prompt.deepstack,
+                         prompt.input_ids, prompt.rope_deltas, np.uint32(seed), plan,
+                         np.arange(seed, seed + b, dtype=np.uint32))
+    counts = {"prompt": np.asarray(out["prompt_counts"], np.int64),
+              "generated": np.asarray(out["generated_counts"], np.int64)}
     buf = np.asarray(out["tokens"])[: int(out["records"])]
     tokens = []
     for i in range(b):
@@ -209,7 +155,7 @@ def generate_fused(cfg: OmniConfig, params: dict, prompt, max_new_tokens: int, s
                 break
         tokens.append(row)
     if not speech:
-        return FusedResult(tokens, None, None)
+        return FusedResult(tokens, None, None, router_counts=counts)
     frames, valid = np.asarray(out["frames"]), np.asarray(out["valid"])
     chunks = np.asarray(out["chunks"], np.float32)  # [chunks, B, samples]
     first = total_upsample(cfg.code2wav)
@@ -223,4 +169,5 @@ def generate_fused(cfg: OmniConfig, params: dict, prompt, max_new_tokens: int, s
             n = min(chunk_size, len(c) - start)
             pieces.append(chunks[k, i, ctx * first: ctx * first + wav_length(n, cfg.code2wav)])
         wavs.append(np.concatenate(pieces) if pieces else np.zeros(0, np.float32))
-    return FusedResult(tokens, codes, wavs)
+    counts["talker"] = np.asarray(out["talker_counts"], np.int64)
+    return FusedResult(tokens, codes, wavs, router_counts=counts)

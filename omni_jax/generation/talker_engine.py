@@ -31,9 +31,10 @@ import numpy as np
 from omni_jax.config import TalkerConfig
 from omni_jax.generation.sampling import SamplingConfig, sample
 from omni_jax.generation.talker_prompt import TalkerPrompt
-from omni_jax.generation.thinker_engine import CACHE_BUCKET, round_up
+from omni_jax.generation.thinker_engine import CACHE_BUCKET
 from omni_jax.models import code_predictor as cp
 from omni_jax.models.decoder import KVCache, StackOptions
+from omni_jax.models.prompt import round_up
 from omni_jax.models.talker import talker_forward
 
 
@@ -83,26 +84,45 @@ def _sample_rows(logits, keys, sampling: SamplingConfig, seen, suppress):
     return jax.vmap(one)(logits, keys, seen)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "opts", "sampling"), donate_argnames=("cache",))
-def _prefill(params, cfg: TalkerConfig, opts: StackOptions, sampling: TalkerSampling, embeds, position_ids,
-             attention_mask, cache, seeds):
-    out = talker_forward(params, cfg, opts, embeds, position_ids, attention_mask, cache=cache, logits_at="last")
+@jax.tree_util.register_dataclass
+@dataclass
+class TalkerState:
+    """What one frame step needs from the previous one (all device arrays)."""
+
+    c0: jax.Array  # [B] int32: the codec-0 tokens sampled last
+    hidden: jax.Array  # [B, H] final normed hidden state at the last position (the code predictor's past_hidden)
+    cache: KVCache
+    seen: jax.Array  # [B, V] bool: codec tokens fed so far (repetition penalty)
+    step: jax.Array  # int32: frame steps done
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "opts", "sampling", "cache_size"))
+def talker_prefill(params, cfg: TalkerConfig, opts: StackOptions, sampling: TalkerSampling, cache_size: int, embeds,
+                   position_ids, attention_mask, seeds):
+    """The talker prompt [B, P, H] into a fresh KV cache of ``cache_size`` slots, and the first c0 per row
+    (row b draws with ``seeds[b]``). Returns (TalkerState, the prefill's MoE stats)."""
     b, v = embeds.shape[0], cfg.text.vocab_size
+    dtype = params["codec_embedding"].dtype
+    cache = KVCache.create(cfg.text, b, cache_size, dtype)
+    out = talker_forward(params, cfg, opts, embeds.astype(dtype), position_ids, attention_mask, cache=cache,
+                         logits_at="last")
     seen = jnp.zeros((b, v), bool)
     keys = jax.vmap(jax.random.split)(row_keys(seeds, 0))[:, 0]
     c0 = _sample_rows(out["logits"][:, -1], keys, sampling.talker(), seen, jnp.asarray(suppressed_tokens(cfg)))
-    return c0, out["hidden"][:, -1], out["cache"], out["stats"]
+    return TalkerState(c0, out["hidden"][:, -1], out["cache"], seen, jnp.zeros((), jnp.int32)), out["stats"]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "opts", "sampling"), donate_argnames=("cache",))
-def _step(params, cfg: TalkerConfig, opts: StackOptions, sampling: TalkerSampling, step, c0, past_hidden, active,
-          seen, positions, trailing_text, trailing_lengths, tts_pad, cache, seeds):
-    """Frame of ``c0`` (code predictor) + the talker forward of its embedding -> next c0.
+@functools.partial(jax.jit, static_argnames=("cfg", "opts", "sampling"), donate_argnames=("state",))
+def talker_frame_step(params, cfg: TalkerConfig, opts: StackOptions, sampling: TalkerSampling, state: TalkerState,
+                      active, next_position, trailing_text, trailing_lengths, tts_pad, seeds):
+    """One frame: the code predictor completes ``state.c0`` into a frame [B, 16], the frame's summed codec
+    embedding plus this step's trailing-text entry (``trailing_text[:, step]`` while ``step < trailing_lengths``,
+    else ``tts_pad``) is fed to the talker at ``next_position + step``, and the next c0 is sampled.
 
-    step: traced int32 (decode step s = 0, 1, ...); c0 [B]; past_hidden [B, H] (final normed); active [B] bool;
-    seen [B, V] bool (codec tokens sampled so far); positions [B] float (this step's position);
-    trailing_text [B, T, H]; trailing_lengths [B].
-    """
+    active [B] bool (rows that have not stopped; the others are fed as padding); next_position [B]: position of
+    the first decoded token; trailing_text [B, T, H]; trailing_lengths [B]; tts_pad [H]; seeds [B] uint32.
+    Returns (TalkerState, frame [B, 16] int32, MoE stats, the fed input embedding [B, H]); ``state`` is donated."""
+    step, c0, past_hidden = state.step, state.c0, state.hidden
     keys = jax.vmap(jax.random.split)(row_keys(seeds, step + 1))  # [B, 2]
     c0_embed = params["codec_embedding"][c0]
 
@@ -115,18 +135,51 @@ def _step(params, cfg: TalkerConfig, opts: StackOptions, sampling: TalkerSamplin
     residual, embed_sum = jax.vmap(predict_row)(past_hidden, c0_embed, keys[:, 1])
     frame = jnp.concatenate([c0[:, None], residual], axis=1)
 
+    dtype = past_hidden.dtype
+    trailing_text, tts_pad = trailing_text.astype(dtype), tts_pad.astype(dtype)
     t = trailing_text.shape[1]
     entry = jax.lax.dynamic_index_in_dim(trailing_text, jnp.minimum(step, t - 1), axis=1, keepdims=False)
     text = jnp.where((step < trailing_lengths)[:, None], entry, tts_pad[None])
     codec_sum = (c0_embed.astype(jnp.float32) + embed_sum.astype(jnp.float32)).astype(text.dtype)  # HF: one sum
-    x = (codec_sum + text).astype(past_hidden.dtype)[:, None]
+    x = (codec_sum + text).astype(dtype)[:, None]
+    positions = next_position.astype(jnp.float32) + step
     pos = jnp.broadcast_to(positions[None, :, None], (3, c0.shape[0], 1))
-    out = talker_forward(params, cfg, opts, x, pos, active[:, None].astype(jnp.int32), cache=cache,
+    out = talker_forward(params, cfg, opts, x, pos, active[:, None].astype(jnp.int32), cache=state.cache,
                          logits_at="last")
-    seen = seen.at[jnp.arange(c0.shape[0]), c0].set(True)
+    seen = state.seen.at[jnp.arange(c0.shape[0]), c0].set(True)
     nxt = _sample_rows(out["logits"][:, -1], keys[:, 0], sampling.talker(), seen,
                        jnp.asarray(suppressed_tokens(cfg)))
-    return frame, nxt, out["hidden"][:, -1], seen, out["cache"], out["stats"], x[:, 0]
+    state = TalkerState(nxt, out["hidden"][:, -1], out["cache"], seen, step + 1)
+    return state, frame, out["stats"], x[:, 0]
+
+
+def frame_loop(params, cfg: TalkerConfig, opts: StackOptions, sampling: TalkerSampling, state: TalkerState,
+               max_frames: int, next_position, trailing_text, trailing_lengths, tts_pad, seeds):
+    """``talker_frame_step`` under ``lax.while_loop`` (traceable; call it inside a jit) until every row has
+    sampled the codec EOS or ``max_frames`` frames were made (as ``TalkerEngine.stream``).
+
+    Returns (frames [F, B, 16] int32, valid [F, B] bool: the frame belongs to row b, counts [layers, experts]:
+    the steps' expert counts, summed)."""
+    b = state.c0.shape[0]
+    eos = cfg.codec_eos_token_id
+    frames = jnp.zeros((max_frames, b, cfg.num_code_groups), jnp.int32)
+    valid = jnp.zeros((max_frames, b), bool)
+    counts = jnp.zeros((cfg.text.num_layers, cfg.text.num_experts), jnp.int32)
+
+    def cond(carry):
+        state, done, _, _, _ = carry
+        return (state.step < max_frames) & ~jnp.all(done)
+
+    def body(carry):
+        state, done, frames, valid, counts = carry
+        s = state.step
+        state, frame, stats, _ = talker_frame_step(params, cfg, opts, sampling, state, ~done, next_position,
+                                                   trailing_text, trailing_lengths, tts_pad, seeds)
+        return (state, done | (state.c0 == eos), frames.at[s].set(frame), valid.at[s].set(~done),
+                counts + stats.counts)
+
+    _, _, frames, valid, counts = jax.lax.while_loop(cond, body, (state, state.c0 == eos, frames, valid, counts))
+    return frames, valid, counts
 
 
 @dataclass
@@ -161,28 +214,21 @@ class TalkerEngine:
             raise ValueError(f"{len(seeds)} seeds for a batch of {b} rows")
         if max_frames < 0:
             raise ValueError(f"max_frames must be >= 0, got {max_frames}")
-        seeds = jnp.asarray(seeds, jnp.uint32)
-        cache = KVCache.create(self.cfg.text, b, self.cache_size(prompt.length, max_frames), self.dtype)
-        c0, hidden, cache, _ = _prefill(self.params, self.cfg, self.opts, sampling,
-                                        jnp.asarray(prompt.inputs_embeds, self.dtype),
-                                        jnp.asarray(prompt.position_ids), jnp.asarray(prompt.attention_mask),
-                                        cache, seeds)
+        seeds = np.asarray(seeds, np.uint32)
+        state, _ = talker_prefill(self.params, self.cfg, self.opts, sampling,
+                                  self.cache_size(prompt.length, max_frames), prompt.inputs_embeds,
+                                  prompt.position_ids, prompt.attention_mask, seeds)
         eos = self.cfg.codec_eos_token_id
-        done = np.asarray(c0) == eos
-        seen = jnp.zeros((b, self.cfg.text.vocab_size), bool)
-        positions = jnp.asarray(prompt.next_position, jnp.float32)
-        trailing = jnp.asarray(prompt.trailing_text, self.dtype)
-        lengths = jnp.asarray(prompt.trailing_lengths, jnp.int32)
-        pad = jnp.asarray(prompt.tts_pad_embed, self.dtype)
-        for s in range(max_frames):
+        done = np.asarray(state.c0) == eos
+        for _ in range(max_frames):
             if done.all():
                 return
             active = ~done
-            frame, c0, hidden, seen, cache, stats, x = _step(
-                self.params, self.cfg, self.opts, sampling, jnp.asarray(s, jnp.int32), c0, hidden,
-                jnp.asarray(active), seen, positions + s, trailing, lengths, pad, cache, seeds)
+            state, frame, stats, x = talker_frame_step(
+                self.params, self.cfg, self.opts, sampling, state, active, prompt.next_position,
+                prompt.trailing_text, prompt.trailing_lengths, prompt.tts_pad_embed, seeds)
             yield FrameRecord(np.asarray(frame), active, stats, x)
-            done |= np.asarray(c0) == eos
+            done |= np.asarray(state.c0) == eos
 
     def generate(self, prompt: TalkerPrompt, max_frames: int, sampling: TalkerSampling = TalkerSampling(),
                  seeds: Sequence[int] | int = 0) -> list[np.ndarray]:
@@ -197,4 +243,4 @@ class TalkerEngine:
 
 def compile_count() -> dict[str, int]:
     """Compiled variants of the talker's prefill and step (for no-recompilation tests)."""
-    return {"prefill": _prefill._cache_size(), "step": _step._cache_size()}
+    return {"prefill": talker_prefill._cache_size(), "step": talker_frame_step._cache_size()}

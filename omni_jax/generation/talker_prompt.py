@@ -41,7 +41,7 @@ import numpy as np
 
 from omni_jax.errors import UsageError
 from omni_jax.config import OmniConfig
-from omni_jax.generation.thinker_engine import PROMPT_BUCKET, round_up
+from omni_jax.models.prompt import PROMPT_BUCKET, round_up
 from omni_jax.models.talker import resize_mlp
 from omni_jax.positions import RopeIndexConfig, get_rope_index
 
@@ -240,7 +240,7 @@ def build_talker_prompt(cfg: OmniConfig, talker_params: dict, thinker_embed_tabl
     # generated tokens' embeddings (records 1..), host-concatenated and padded to a bucket
     steps = len(records) - 1
     hth = prompt_embeds.shape[-1]
-    gen_embeds = np.zeros((b, round_up(max(steps, 1), GEN_BUCKET), hth), np.asarray(records[0].embeds[:1, :1]).dtype)
+    gen_embeds = np.zeros((b, round_up(max(steps, 1), GEN_BUCKET), hth), prompt_embeds.dtype)
     if steps:
         gen_embeds[:, :steps] = np.concatenate([np.asarray(r.embeds) for r in records[1:]], axis=1)
     trail_len = np.maximum(gen - 1, 1).astype(np.int32)  # g2 .. g_{n-1} (n - 2 entries) + Eos
@@ -312,7 +312,7 @@ def assemble_talker_prompt(plan: TalkerPlan, talker_params: dict, thinker_embed_
     generated tokens per row up to and including the first EOS. has_mm: ``plan.has_mm`` (pass it when the plan's
     arrays are traced)."""
     has_mm = plan.has_mm if has_mm is None else has_mm
-    trail_len = jnp.maximum(gen_len - 1, 1).astype(jnp.int32)
+    trail_len = (gen_len - 1).clip(1).astype("int32")  # host or traced, like gen_len
     trail_src = np.clip(np.arange(t_width) + 1, 0, gen_embeds.shape[1] - 1).astype(np.int32)
     return _assemble(talker_params, thinker_embed_table, plan.special_ids, plan.codec_ids, prompt_embeds,
                      prompt_hidden, gen_embeds, plan.cols, plan.valid, plan.mm, plan.head_cols, gen_len, trail_src,

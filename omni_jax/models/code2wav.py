@@ -279,12 +279,12 @@ decode_jit = jax.jit(decode, static_argnames=("cfg",))
 
 # --------------------------------------------------------------------------------------------- streaming
 
-def _decode_window(params: dict, window: jax.Array, cfg: Code2WavConfig) -> jax.Array:
+def decode_window(params: dict, window: jax.Array, cfg: Code2WavConfig) -> jax.Array:
     """Decode a window of static shape [B, Q, n] (n: see ``Code2WavStreamer``): one compilation per width."""
     return decode(params, window, cfg)
 
 
-_decode_window_jit = jax.jit(_decode_window, static_argnames=("cfg",))
+_decode_window_jit = jax.jit(decode_window, static_argnames=("cfg",))
 WINDOW_BUCKET = 32  # frames: short windows are padded to a multiple of this (at most left_context + chunk_size)
 
 

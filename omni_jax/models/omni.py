@@ -11,6 +11,8 @@ Tree (param path prefixes):          HF prefixes (original on-disk layout, refer
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -52,7 +54,14 @@ def hf_rules(cfg: OmniConfig) -> list[Rule]:
 
 
 def abstract_model(cfg: OmniConfig, dtype=jnp.float32) -> OmniModel:
-    """The model with ShapeDtypeStructs for parameters: no memory allocated (real size is 35 B params)."""
+    """The model with ShapeDtypeStructs for parameters: no memory allocated (real size is 35 B params).
+    Traced once per (config, dtype): loading asks for it twice (name table, then the tree to fill); treat the
+    result as read-only."""
+    return _abstract_model(cfg, jnp.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_model(cfg: OmniConfig, dtype) -> OmniModel:
     return nnx.eval_shape(lambda: OmniModel(cfg, rngs=nnx.Rngs(0), dtype=dtype))
 
 

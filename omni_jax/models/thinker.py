@@ -31,7 +31,7 @@ import numpy as np
 
 from omni_jax.errors import UsageError
 from omni_jax.config import AudioConfig, OmniConfig, VisionConfig
-from omni_jax.generation.thinker_engine import PreparedPrompt, round_up
+from omni_jax.models.prompt import PreparedPrompt, round_up
 from omni_jax.models import audio_encoder, thinker_text
 from omni_jax.models.vision import normalize_grids, vision_forward
 
@@ -45,7 +45,7 @@ class PlaceholderMismatchError(UsageError):
 # ------------------------------------------------------------------------------------------ encoders
 def encode_vision(visual_params: dict, pixel_values, grid_thw, cfg: VisionConfig, dtype=jnp.float32):
     """Patch rows of several images (or videos) -> (embeds [tokens, out], tuple of n_levels deepstack [tokens, out])."""
-    embeds, deepstack = vision_forward(visual_params, jnp.asarray(pixel_values), normalize_grids(grid_thw), cfg,
+    embeds, deepstack = vision_forward(visual_params, np.asarray(pixel_values), normalize_grids(grid_thw), cfg,
                                        dtype=jnp.dtype(dtype))
     return embeds, tuple(deepstack)
 
@@ -56,7 +56,7 @@ def encode_audio(audio_params: dict, input_features, feature_attention_mask, cfg
     counts = np.asarray(feature_attention_mask).sum(-1).astype(np.int64)
     t = features.shape[-1]
     padded = np.pad(features, ((0, 0), (0, 0), (0, audio_encoder.bucket_frames(t, cfg) - t)))
-    out = audio_encoder.encode(audio_params, jnp.asarray(padded), jnp.asarray(counts, jnp.int32), cfg=cfg,
+    out = audio_encoder.encode(audio_params, padded, counts.astype(np.int32), cfg=cfg,
                                dtype=jnp.dtype(dtype))
     return audio_encoder.pack_audio_embeddings(out, audio_encoder.audio_token_counts(counts, cfg))
 
@@ -148,16 +148,25 @@ def embed_multimodal(params: dict, cfg: OmniConfig, batch, dtype=None) -> tuple[
             deep_pieces.append(deep)
         counts[kind] = emb.shape[0]
     media_row, deep_row = media_layout(batch.input_ids, cfg, n_audio, counts["image"], counts["video"])
-    return merge_embeddings(embed, jnp.asarray(batch.input_ids), tuple(pieces), jnp.asarray(media_row),
+    return merge_embeddings(embed, np.asarray(batch.input_ids), tuple(pieces), media_row,
                             tuple(deep_pieces),
-                            jnp.asarray(deep_row) if deep_pieces else None, dtype=dtype)
+                            deep_row if deep_pieces else None, dtype=dtype)
+
+
+def has_media(batch) -> bool:
+    """The batch carries audio, images or videos (else its prompt is token embeddings only)."""
+    return any(getattr(batch, k, None) is not None for k in ("input_features", "pixel_values", "pixel_values_videos"))
 
 
 def prepare_prompt(params: dict, cfg: OmniConfig, batch, dtype=None, drop_deepstack: bool = False) -> PreparedPrompt:
     """A MultimodalBatch -> PreparedPrompt for ``ThinkerEngine`` (``drop_deepstack`` is for ablations/tests).
 
-    ``extras["media"]`` keeps the batch (grids, feature mask: what the Talker's prompt needs)."""
-    embeds, deepstack = embed_multimodal(params, cfg, batch, dtype)
+    Without media (and without a ``dtype`` of its own) the prompt carries no embeddings: the prefill looks the
+    tokens up itself, in the same program. ``extras["media"]`` keeps the batch (grids, feature mask: what the
+    Talker's prompt needs)."""
+    embeds = deepstack = None
+    if has_media(batch) or dtype is not None:
+        embeds, deepstack = embed_multimodal(params, cfg, batch, dtype)
     return PreparedPrompt(np.asarray(batch.input_ids, np.int32), np.asarray(batch.attention_mask, np.int32),
                           np.asarray(batch.position_ids, np.float32), np.asarray(batch.rope_deltas, np.float32),
                           inputs_embeds=embeds, deepstack=None if drop_deepstack else deepstack,

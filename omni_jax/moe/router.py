@@ -43,9 +43,13 @@ class RoutingError(UsageError):
 
 @dataclass(frozen=True)
 class RoutingConfig:
-    num_experts: int
-    top_k: int
-    norm_topk_prob: bool = True
+    """Routing of one MoE layer. ``num_experts``, ``top_k`` and ``norm_topk_prob`` may be left None: such a
+    partial config (e.g. ``RoutingConfig(top_k=4)``) takes the model's values in ``for_model``; a config built
+    with ``num_experts`` and no ``norm_topk_prob`` normalises (True)."""
+
+    num_experts: int | None = None
+    top_k: int | None = None
+    norm_topk_prob: bool | None = None
     top_p: float | None = None
     expert_keep_mask: tuple[bool, ...] | None = None
     temperature: float = 1.0
@@ -58,13 +62,20 @@ class RoutingConfig:
 
     def __post_init__(self):
         E = self.num_experts
-        if not 1 <= self.top_k <= E:
+        if E is not None and self.norm_topk_prob is None:
+            object.__setattr__(self, "norm_topk_prob", True)
+        if E is None:
+            if self.top_k is not None and self.top_k < 1:
+                raise RoutingError(f"top_k {self.top_k} must be >= 1")
+        elif self.top_k is None:
+            raise RoutingError("a routing config with num_experts needs top_k")
+        elif not 1 <= self.top_k <= E:
             raise RoutingError(f"top_k {self.top_k} outside 1..num_experts={E}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise RoutingError(f"top_p {self.top_p} outside (0, 1]")
         for name in ("expert_keep_mask", "bias"):
             v = getattr(self, name)
-            if v is not None and len(v) != E:
+            if v is not None and E is not None and len(v) != E:
                 raise RoutingError(f"{name} has {len(v)} entries, expected num_experts={E}")
         if self.expert_keep_mask is not None and not any(self.expert_keep_mask):
             raise RoutingError("expert_keep_mask prunes every expert")
@@ -72,12 +83,12 @@ class RoutingConfig:
             raise RoutingError(f"temperature {self.temperature} must be > 0")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             raise RoutingError(f"capacity_factor {self.capacity_factor} must be > 0")
-        if self.top_k_per_layer is not None and any(not 1 <= k <= self.top_k for k in self.top_k_per_layer):
+        if self.top_k_per_layer is not None and any(not 1 <= k <= (self.top_k or k) for k in self.top_k_per_layer):
             raise RoutingError(f"top_k_per_layer {self.top_k_per_layer} must lie in 1..top_k={self.top_k} "
                                "(top_k is the static maximum)")
         if self.expert_keep_mask_per_layer is not None:
             for m in self.expert_keep_mask_per_layer:
-                if len(m) != E or not any(m):
+                if (E is not None and len(m) != E) or not any(m):
                     raise RoutingError("each expert_keep_mask_per_layer row needs num_experts entries, one kept")
 
     @classmethod
@@ -89,6 +100,16 @@ class RoutingConfig:
 
     def replace(self, **changes) -> "RoutingConfig":
         return dataclasses.replace(self, **changes)
+
+    def for_model(self, cfg) -> "RoutingConfig":
+        """This config on a model (an ``omni_jax.config.TextConfig``): the fields left None take the model's
+        values, and everything is checked against the model's expert count."""
+        if self.num_experts is not None and self.num_experts != cfg.num_experts:
+            raise RoutingError(f"the routing config is for {self.num_experts} experts, the model has {cfg.num_experts}")
+        return dataclasses.replace(self, num_experts=cfg.num_experts,
+                                   top_k=cfg.top_k if self.top_k is None else self.top_k,
+                                   norm_topk_prob=cfg.norm_topk_prob if self.norm_topk_prob is None
+                                   else self.norm_topk_prob)
 
     @property
     def is_reference(self) -> bool:
@@ -127,6 +148,9 @@ def route(
     layer: jax.Array | int | None = None,
 ) -> Routing:
     """Route T tokens x [T, H]. ``layer`` (may be traced) selects per-layer hooks and folds the random seed."""
+    if routing.num_experts is None or routing.top_k is None:
+        raise RoutingError("a partial routing config (num_experts or top_k left None) must be completed with "
+                           "RoutingConfig.for_model(text_cfg) before routing")
     T = x.shape[0]
     E, K = routing.num_experts, routing.top_k
     logits = router_logits(x, w_router)

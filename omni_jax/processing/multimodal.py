@@ -40,7 +40,7 @@ import numpy as np
 
 from omni_jax.errors import InputFileError
 from omni_jax.config import OmniConfig
-from omni_jax.generation.thinker_engine import PROMPT_BUCKET, pad_left
+from omni_jax.models.prompt import PROMPT_BUCKET, pad_left
 from omni_jax.positions import RopeIndexConfig, audio_output_lengths, get_rope_index
 from omni_jax.processing.assets import PREPROCESSOR_FILE
 from omni_jax.processing.audio import (SAMPLE_RATE, AudioFeatureConfig, AudioInputError, load_audio,

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from omni_jax.config import OmniConfig
-from omni_jax.generation.thinker_engine import PROMPT_BUCKET, PreparedPrompt, pad_left
+from omni_jax.models.prompt import PROMPT_BUCKET, PreparedPrompt, pad_left
 from omni_jax.positions import RopeIndexConfig, get_rope_index
 from omni_jax.processing.chat import ChatTemplate
 from omni_jax.processing.tokenizer import Tokenizer

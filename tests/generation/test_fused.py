@@ -29,7 +29,7 @@ def test_fused_generate_equals_the_engine_and_compiles_once(tiny_ckpt, media):  
                          max_speech_frames=frames, audio_chunk_frames=chunk)
 
     def run(conversations):
-        prompt = model._prepare(conversations, False, None, None, None)
+        prompt = model.encode(model.prepare(conversations))
         return fused.generate_fused(model.cfg, model.params, prompt, n_new, SamplingConfig.greedy(),
                                     {model.cfg.im_end_token_id}, speaker_id=speaker_id(model.cfg, "Ethan"),
                                     talker_sampling=TalkerSampling.greedy(), max_frames=frames, chunk_size=chunk)

@@ -1,0 +1,166 @@
+"""XLA compilation: the persistent compilation cache (on by default) and a log of the programs a run compiles.
+
+Compilation is most of a cold call's time on small models, and researchers re-run commands and notebook cells:
+JAX's persistent cache keeps every compiled program on disk, so a second identical process loads them
+instead of compiling. ``setup_compilation_cache`` is called by ``omni_jax.load``, the CLI, the experiment
+runner and the benchmarks. Where the cache lives:
+
+- ``OMNI_JAX_COMPILATION_CACHE=DIR`` (or the CLI's ``--compilation-cache DIR``): that directory;
+  ``off`` (also ``0``, ``none``, ``false``): no persistent cache;
+- otherwise ``$XDG_CACHE_HOME/omni_jax/jax_compilation`` (``~/.cache/omni_jax/jax_compilation``).
+
+Every program is cached, however quick its compilation (the minimum compile time is lowered to 0): a call
+compiles a few dozen small programs besides the big ones. The cache is trusted code: keep it private.
+
+``CompileLog`` records what JAX compiles while it is active (program name, seconds, whether the persistent
+cache served it), from JAX's own compilation events.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV = "OMNI_JAX_COMPILATION_CACHE"
+OFF = ("off", "0", "none", "false", "no")
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "omni_jax" / "jax_compilation"
+
+
+def resolve_cache_dir(setting: str | os.PathLike | None = None) -> Path | None:
+    """The cache directory for ``setting`` (a path, ``"off"``, or None: the environment, else the default)."""
+    if setting is None:
+        setting = os.environ.get(ENV) or None
+    if setting is None:
+        return default_cache_dir()
+    if str(setting).strip().lower() in OFF:
+        return None
+    return Path(setting).expanduser()
+
+
+_configured: list = []  # the directory (or None) set up last, once set up
+
+
+def setup_compilation_cache(setting: str | os.PathLike | None = None) -> Path | None:
+    """Point JAX's persistent compilation cache at ``setting`` (see the module docstring); returns the directory,
+    or None when it is off. Without an explicit ``setting``, a cache already set up in this process is kept."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    if setting is None and _configured:
+        return _configured[-1]
+    directory = resolve_cache_dir(setting)
+    if _configured and _configured[-1] == directory:
+        return directory
+    if directory is not None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            directory = None  # an unwritable cache location must not stop generation
+    jax.config.update("jax_compilation_cache_dir", None if directory is None else str(directory))
+    jax.config.update("jax_enable_compilation_cache", directory is not None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    cc.reset_cache()  # the cache is initialised once per process: start over with the new setting
+    _configured.append(directory)
+    return directory
+
+
+@dataclass
+class ProgramStats:
+    compiled: int = 0  # compilations XLA ran
+    compile_s: float = 0.0
+    loaded: int = 0  # programs the persistent cache served
+    load_s: float = 0.0
+
+
+@dataclass
+class CompileLog:
+    """Programs compiled while active (``with CompileLog() as log: ...``), keyed by JAX's name for them."""
+
+    programs: dict[str, ProgramStats] = field(default_factory=lambda: collections.defaultdict(ProgramStats))
+
+    def __enter__(self) -> "CompileLog":
+        _install()
+        with _lock:
+            _active.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with _lock:
+            _active.remove(self)
+
+    def _record(self, name: str, seconds: float, from_cache: bool) -> None:
+        p = self.programs[name]
+        if from_cache:
+            p.loaded += 1
+            p.load_s += seconds
+        else:
+            p.compiled += 1
+            p.compile_s += seconds
+
+    @property
+    def compiled(self) -> int:
+        return sum(p.compiled for p in self.programs.values())
+
+    @property
+    def compile_s(self) -> float:
+        return sum(p.compile_s for p in self.programs.values())
+
+    @property
+    def loaded(self) -> int:
+        return sum(p.loaded for p in self.programs.values())
+
+    @property
+    def load_s(self) -> float:
+        return sum(p.load_s for p in self.programs.values())
+
+    def table(self) -> str:
+        """One line per program, slowest first: name, compilations and seconds, cache loads and seconds."""
+        rows = sorted(self.programs.items(), key=lambda kv: -(kv[1].compile_s + kv[1].load_s))
+        lines = [f"{'program':<34} {'compiled':>8} {'compile s':>10} {'cached':>7} {'load s':>8}"]
+        for name, p in rows:
+            lines.append(f"{name[:34]:<34} {p.compiled:>8} {p.compile_s:>10.3f} {p.loaded:>7} {p.load_s:>8.3f}")
+        lines.append(f"{'total: ' + str(len(rows)) + ' programs':<34} {self.compiled:>8} {self.compile_s:>10.3f} "
+                     f"{self.loaded:>7} {self.load_s:>8.3f}")
+        return "\n".join(lines)
+
+
+_lock = threading.Lock()
+_active: list[CompileLog] = []
+_pending_hit = threading.local()  # a cache hit is announced just before the compile event of the same program
+_installed: list[bool] = []
+
+
+def _on_event(event: str, **kwargs) -> None:
+    if event == _CACHE_HIT:
+        _pending_hit.value = True
+
+
+def _on_duration(event: str, seconds: float, **kwargs) -> None:
+    if event != _BACKEND_COMPILE:
+        return
+    from_cache = getattr(_pending_hit, "value", False)
+    _pending_hit.value = False
+    with _lock:
+        for log in _active:
+            log._record(str(kwargs.get("fun_name", "?")), seconds, from_cache)
+
+
+def _install() -> None:
+    import jax.monitoring
+
+    with _lock:
+        if _installed:
+            return
+        jax.monitoring.register_event_listener(_on_event)
+        jax.monitoring.register_event_duration_secs_listener(_on_duration)
+        _installed.append(True)
