@@ -104,7 +104,7 @@ def frame_bytes(cfg: CodePredictorConfig, itemsize: int) -> int:
 def bench_code_predictor(args, rows, results):
     import torch
 
-    from omni_jax.models.code_predictor import predict_codes_jit
+    from omni_jax.models.code_predictor import predict_codes_jit, with_layer_views
 
     cfg = dataclasses.replace(CodePredictorConfig(), num_layers=args.cp_layers)
     hf32, params32 = build_code_predictor(cfg)
@@ -116,7 +116,7 @@ def bench_code_predictor(args, rows, results):
     for dtype_name in args.dtypes.split(","):
         jdt, tdt = jnp.dtype(dtype_name), getattr(torch, dtype_name)
         hf = copy.deepcopy(hf32).to(tdt)
-        params = jax.tree.map(lambda a: a.astype(jdt), params32)
+        params = with_layer_views(jax.tree.map(lambda a: a.astype(jdt), params32))  # as the Talker engine runs
         ph, c0 = jnp.asarray(past_hidden, jdt), jnp.asarray(c0_embed, jdt)
         embeds = torch.from_numpy(np.stack([past_hidden, c0_embed], axis=1)).to(tdt)
 
@@ -198,7 +198,7 @@ def build_code2wav(cfg: Code2WavConfig, seed: int = 0):
 def bench_code2wav(args, rows, results):
     import torch
 
-    from omni_jax.models.code2wav import decode_jit, wav_length
+    from omni_jax.models.code2wav import decode_jit, wav_length, with_layer_views
 
     cfg = dataclasses.replace(Code2WavConfig(), num_layers=args.c2w_layers)
     hf32, params32 = build_code2wav(cfg)
@@ -207,7 +207,7 @@ def bench_code2wav(args, rows, results):
     for dtype_name in args.dtypes.split(","):
         jdt, tdt = jnp.dtype(dtype_name), getattr(torch, dtype_name)
         hf = copy.deepcopy(hf32).to(tdt)
-        params = jax.tree.map(lambda a: a.astype(jdt), params32)
+        params = with_layer_views(jax.tree.map(lambda a: a.astype(jdt), params32))  # as the streamer runs
         cj, ct = jnp.asarray(codes, jnp.int32), torch.from_numpy(codes)
         compiled = decode_jit.lower(params, cj, cfg=cfg).compile()
         cost = compiled.cost_analysis()

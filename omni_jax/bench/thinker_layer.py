@@ -62,10 +62,12 @@ def jax_decode_stack(cfg: TextConfig, kv: int, tap: int | None, repeat: int, see
     from flax import nnx
 
     from omni_jax.models.common import pure_params
-    from omni_jax.models.decoder import DecoderLayers, KVCache, StackOptions, decoder_stack, stack_mask, text_cos_sin
+    from omni_jax.models.decoder import (DecoderLayers, KVCache, StackOptions, decoder_stack, stack_mask,
+                                         text_cos_sin, with_layer_views)
 
     layers = pure_params(DecoderLayers(cfg, nnx.Rngs(seed), dtype=jnp.float32))
     layers = jax.tree.map(lambda a: a if a.ndim > 2 else jnp.ones_like(a), layers)  # norms = 1
+    layers = with_layer_views(layers)  # as the decode engines run (per-layer projections read in place)
     opts = StackOptions.uniform(cfg, taps=() if tap is None else (tap,))
 
     def step(layers, x, pos, cache):
@@ -120,10 +122,12 @@ def jax_layer(cfg: TextConfig, dtype, n_prefill: int, kv: int, seed: int = 0):
     from flax import nnx
 
     from omni_jax.models.common import pure_params
-    from omni_jax.models.decoder import DecoderLayers, KVCache, StackOptions, decoder_stack, stack_mask, text_cos_sin
+    from omni_jax.models.decoder import (DecoderLayers, KVCache, StackOptions, decoder_stack, stack_mask,
+                                         text_cos_sin, with_layer_views)
 
     layers = pure_params(DecoderLayers(cfg, nnx.Rngs(seed), dtype=dtype))
     layers = jax.tree.map(lambda a: a if a.ndim > 2 else jnp.ones_like(a), layers)  # norms = 1
+    layers = with_layer_views(layers)  # as the decode engines run (per-layer projections read in place)
     opts = StackOptions.uniform(cfg)
 
     def forward(layers, x, pos, cache):

@@ -29,7 +29,7 @@ from flax import nnx
 
 from omni_jax.errors import UsageError
 from omni_jax.config import Code2WavConfig
-from omni_jax.models.common import full, normal, ones, pure_params, zeros
+from omni_jax.models.common import full, normal, ones, pure_params, stack_views, zeros
 from omni_jax.ops.activations import gelu, snake_beta
 from omni_jax.ops.attention import attention
 from omni_jax.ops.conv import (
@@ -227,8 +227,26 @@ def pre_transformer(params: dict, x: jax.Array, cfg: Code2WavConfig) -> jax.Arra
         m = swiglu_mlp(rms_norm(h, p["mlp_norm"], eps), p["gate_up"], p["down"])
         return h + p["mlp_scale"] * m, None
 
-    x, _ = jax.lax.scan(layer, x, params["layers"])
+    if PER_LAYER in params:  # per-layer weights read in place (``with_layer_views``), the 8 layers unrolled
+        for p in params[PER_LAYER]:
+            x, _ = layer(x, p)
+    else:
+        x, _ = jax.lax.scan(layer, x, params["layers"])
     return rms_norm(x, params["norm"], eps)
+
+
+PER_LAYER = "per_layer"  # key of ``with_layer_views``'s per-layer transformer weights in the params
+
+
+def with_layer_views(params: dict) -> dict:
+    """The params plus, under ``PER_LAYER``, each transformer layer's weights as arrays of their own aliasing the
+    stacks (``common.stack_views``: no copy; single-device CPU only, else the params as they are). Scanning
+    the stacks copies every layer's weights (62 MB at real width) on every decode; the streamer decodes many
+    windows, so it reads them in place through these views instead. Same results."""
+    if PER_LAYER in params:
+        return params
+    views = stack_views(params["layers"])
+    return params if views is None else dict(params, **{PER_LAYER: views})
 
 
 def convnext(p: dict, x: jax.Array) -> jax.Array:
@@ -303,7 +321,7 @@ class Code2WavStreamer:
     def __init__(self, params: dict, cfg: Code2WavConfig, chunk_size: int = 300, left_context: int = 25):
         if chunk_size < 1 or left_context < 0:
             raise ValueError(f"chunk_size must be >= 1 and left_context >= 0, got {chunk_size}, {left_context}")
-        self.params, self.cfg = params, cfg
+        self.params, self.cfg = with_layer_views(params), cfg
         self.chunk_size, self.left_context = chunk_size, left_context
         self._frames: np.ndarray | None = None  # all frames seen so far that may still serve as context
         self._offset = 0  # absolute index of self._frames[..., 0]

@@ -9,8 +9,8 @@ which ``predict_codes`` returns as ``embed_sum``.
 
 The whole frame is ONE jitted function: a 2-token prefill, then ``lax.scan`` over the 14 remaining steps with a
 preallocated per-layer [B, 16, kv_heads, head_dim] cache. The 5 layers are unrolled over per-layer weight slices
-taken once per frame (``split_layers``): the steps read the weights in place instead of copying each layer out
-of the stack at every step.
+taken once per frame (``split_layers``), or views aliasing the stacks (``with_layer_views``, what the Talker engine
+uses on CPU): the steps read the weights in place instead of copying each layer out of the stack at every step.
 Greedy (argmax, as ``do_sample=False``) or sampled with HF's warpers in HF's order (temperature, top-k, top-p;
 the reference's defaults top_k 50, top_p 0.8, temperature 1.0) from an explicit PRNG key.
 """
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from omni_jax.config import CodePredictorConfig
-from omni_jax.models.common import normal, ones, pure_params
+from omni_jax.models.common import normal, ones, pure_params, stack_views
 from omni_jax.ops.attention import attention
 from omni_jax.ops.linear import linear, swiglu_mlp
 from omni_jax.ops.logits import warp
@@ -83,13 +83,29 @@ def init_cache(cfg: CodePredictorConfig, batch: int, dtype) -> list[tuple[jax.Ar
     return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
 
 
-def split_layers(layers: dict, num_layers: int) -> list[dict]:
-    """The stacked layer weights as one tree per layer.
+PER_LAYER = "per_layer"  # key of ``with_layer_views``'s per-layer weights in the params
+
+
+def with_layer_views(params: dict) -> dict:
+    """The params plus, under ``PER_LAYER``, each layer's weights as arrays of their own aliasing the stacks
+    (``common.stack_views``: no copy; single-device CPU only, else the params as they are). ``predict_codes``
+    then reads them in place instead of slicing the stacks once per frame."""
+    if PER_LAYER in params:
+        return params
+    views = stack_views(params["layers"])
+    return params if views is None else dict(params, **{PER_LAYER: views})
+
+
+def split_layers(params: dict, num_layers: int) -> list[dict]:
+    """The layer weights as one tree per layer: the views of ``with_layer_views`` when present, else slices of
+    the stacks.
 
     XLA:CPU copies a slice of a stacked weight before every dot that reads it. Taken once per frame, before
     the 15-step loop, the slices are loop-invariant buffers the steps read in place; indexing the stack
     inside the loop would copy every layer's weights at every step."""
-    return [jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)]
+    if PER_LAYER in params:
+        return list(params[PER_LAYER])
+    return [jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(num_layers)]
 
 
 def _attention(x, p, k_cache, v_cache, start, cos, sin, cfg: CodePredictorConfig):
@@ -145,7 +161,7 @@ def predict_codes(params: dict, past_hidden: jax.Array, c0_embed: jax.Array, key
     b = past_hidden.shape[0]
     n_steps = cfg.num_code_groups - 1
     keys = jax.random.split(key, n_steps)
-    layers, norm, table = split_layers(params["layers"], cfg.num_layers), params["norm"], params["codec_embedding"]
+    layers, norm, table = split_layers(params, cfg.num_layers), params["norm"], params["codec_embedding"]
     x = jnp.stack([past_hidden, c0_embed], axis=1).astype(dtype)
     h, cache = forward(layers, norm, x, init_cache(cfg, b, dtype), 0, cfg)
     logits = linear(h[:, -1], params["lm_head"][0]).astype(jnp.float32)
