@@ -2,89 +2,45 @@
 
     python convert/hf_to_orbax.py HF_DIR OUT_DIR [--dtype bfloat16|float32] [--report-memory]
 
-Streams one tensor at a time into per-layer storage units (see omni_jax/weights/orbax_io.py), so peak
-memory stays near the largest storage unit plus a group budget, whatever the checkpoint's size. Every
-tensor name and shape is validated from the shard headers before anything is written. The output is
-written to a temporary directory beside OUT_DIR and renamed at the end: an interrupted or failed run leaves
-no OUT_DIR. OUT_DIR also gets config.json and the tokenizer / preprocessor / generation files, so it is a
+The command line of ``omni_jax.weights.convert.convert_checkpoint``: streams one tensor at a time, validates
+every name and shape first, and writes OUT_DIR atomically (a temporary directory beside it, renamed at the
+end). Ctrl-C or SIGTERM leave no OUT_DIR and no temporary; after a SIGKILL the next run to the same OUT_DIR
+removes the temporary left. An existing OUT_DIR is never touched; OUT_DIR's folder must exist. OUT_DIR is a
 complete checkpoint directory for ``python -m omni_jax.generate --checkpoint OUT_DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from omni_jax.errors import OmniJaxError, UsageError, one_line
+from omni_jax.weights.convert import DTYPES
+from omni_jax.weights.convert import convert_checkpoint as convert
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are UsageError (printed as one line, exit code 2, by main)."""
+
+    def error(self, message):
+        raise UsageError(message)
+
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="hf_to_orbax.py", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="hf_to_orbax.py", description=__doc__.split("\n")[0])
     p.add_argument("hf_dir", type=Path)
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     p.add_argument("--group-mb", type=int, default=256, help="Orbax group size budget in MiB (default 256)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--report-memory", action="store_true", help="print peak resident memory at the end")
-    return p.parse_args(argv)
-
-
-def convert(hf_dir: Path, out_dir: Path, dtype: str = "bfloat16", group_mb: int = 256, progress: bool = True) -> dict:
-    from omni_jax.config import OmniConfig
-    from omni_jax.processing.assets import copy_aux_files
-    from omni_jax.weights.load import name_table
-    from omni_jax.weights.orbax_io import MANIFEST, write_groups
-    from omni_jax.weights.safetensors_io import CheckpointError, SafetensorsCheckpoint
-
-    if not hf_dir.is_dir():
-        raise CheckpointError(f"{hf_dir}: not a directory")
-    if out_dir.exists():
-        raise CheckpointError(f"{out_dir}: already exists (remove it or choose another output directory)")
-    cfg = OmniConfig.from_file(hf_dir)
-    table = name_table(cfg)
-    ck = SafetensorsCheckpoint(hf_dir)  # parses and checks every shard header
-    # Validate the whole name set and every shape from the headers, before writing anything.
-    names = set(ck.names())
-    missing = sorted(set(table.slots) - names)
-    if missing:
-        raise CheckpointError(f"{hf_dir}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    unexpected = sorted(names - set(table.slots))
-    if unexpected:
-        raise CheckpointError(f"{hf_dir}: unexpected tensor {unexpected[0]!r} (no parameter slot; does config.json match?)")
-    for name in table.slots:
-        info = ck.tensors[name]
-        if tuple(info.shape) != table.hf_shape(name):
-            raise CheckpointError(f"{info.file}: tensor {name!r} has shape {tuple(info.shape)}, expected {table.hf_shape(name)}")
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    bar = None
-    try:
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(table), desc="converting", unit="tensor", file=sys.stderr, dynamic_ncols=True)
-        manifest = write_groups(tmp, table, ck.read, dtype, group_bytes=group_mb << 20,
-                                progress=None if bar is None else bar.update)
-        manifest["source"] = {"format": "huggingface-safetensors", "tensors": len(table),
-                              "bytes": ck.total_bytes()}
-        shutil.copyfile(hf_dir / "config.json", tmp / "config.json")
-        copy_aux_files(hf_dir, tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    return manifest
+    args = p.parse_args(argv)
+    if args.group_mb < 1:
+        raise UsageError(f"--group-mb {args.group_mb}: must be >= 1")
+    return args
 
 
 def peak_rss_bytes() -> int:
@@ -92,18 +48,13 @@ def peak_rss_bytes() -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    # SIGTERM behaves like Ctrl-C: the temporary directory is removed, no OUT_DIR is left.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    from omni_jax.config import ConfigError
-    from omni_jax.weights.safetensors_io import CheckpointError
-
     t0 = time.time()
     try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
         manifest = convert(args.hf_dir, args.out_dir, args.dtype, args.group_mb, progress=not args.no_progress)
-    except (CheckpointError, ConfigError) as e:
-        print(f"hf_to_orbax: error: {e}", file=sys.stderr)
-        return 1
+    except OmniJaxError as e:
+        print(f"hf_to_orbax: error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("hf_to_orbax: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -116,4 +67,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from omni_jax.atomic import install_interrupt_handlers
+
+    install_interrupt_handlers()  # SIGINT / SIGTERM: the temporary directory is removed, no OUT_DIR is left
     sys.exit(main())

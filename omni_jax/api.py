@@ -113,16 +113,6 @@ class PreparedRequest:
     reasoning_opened: list[bool]  # per row: the prompt leaves a <think> open
 
 
-def _is_conversation(x) -> bool:
-    return isinstance(x, (list, tuple)) and (not x or isinstance(x[0], dict))
-
-
-def _whole(name: str, value, lowest: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
-        raise UsageError(f"{name} must be an integer >= {lowest}, got {value!r}")
-    return int(value)
-
-
 class OmniModel:
     """A checkpoint with its processors (``omni_jax.load``, or ``OmniModel.open`` to load the weights later)."""
 
@@ -146,24 +136,17 @@ class OmniModel:
              compilation_cache: str | None = None, log: Callable[[str], None] | None = None) -> "OmniModel":
         """Config, tokenizer, chat template and preprocessor of a checkpoint directory; no weights yet (they are
         read by ``load_weights`` or on the first generation). See ``load`` for the arguments."""
+        from omni_jax import validation
         from omni_jax.compilation import setup_compilation_cache
         from omni_jax.config import OmniConfig
-        from omni_jax.weights.orbax_io import DTYPES
+        from omni_jax.demo import announce_if_demo, ensure_demo_checkpoint
 
+        validation.check_load_args(path, dtype, mesh, demo)  # before anything is read or built
         setup_compilation_cache(compilation_cache)
-        if dtype not in DTYPES:
-            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if path is None:
-            if not demo:
-                raise UsageError("give a checkpoint directory (or demo=True for the random-weight demo)")
-            from omni_jax.demo import ensure_demo_checkpoint
-
-            path = ensure_demo_checkpoint(log=log)
+            path = ensure_demo_checkpoint() if log is None else ensure_demo_checkpoint(log=log)
         path = Path(path)
-        if not path.is_dir():
-            from omni_jax.weights.safetensors_io import CheckpointError
-
-            raise CheckpointError(f"{path}: checkpoint directory not found")
+        announce_if_demo(path)  # the demo's directory however it is passed, or one derived from it
         if isinstance(mesh, str):
             from omni_jax.sharding import make_mesh
 
@@ -208,24 +191,22 @@ class OmniModel:
             raise UsageError(f"unexpected argument {unknown[0]!r} (known: {', '.join(OPTION_NAMES)})")
         o = GenerationOptions(**options)
         from omni_jax.generation.speech import NoTalkerError, speaker_id
-        from omni_jax.generation.talker_engine import TalkerSampling
         from omni_jax.generation.thinker_engine import cache_size_for
         from omni_jax.moe.routing_spec import resolve_routing
         from omni_jax.processing.multimodal import MediaOptions
 
-        _whole("max_new_tokens", o.max_new_tokens, 1)
-        _whole("max_speech_frames", o.max_speech_frames, 0)
-        _whole("audio_chunk_frames", o.audio_chunk_frames, 1)
-        if _whole("seed", o.seed, 0) >= 2**31:
-            raise UsageError(f"seed must be below 2**31, got {o.seed}")
-        if o.thinker_sampling is not None and not isinstance(o.thinker_sampling, SamplingConfig):
-            raise UsageError(f"thinker_sampling must be a SamplingConfig, got {type(o.thinker_sampling).__name__}")
-        if o.talker_sampling is not None and not isinstance(o.talker_sampling, TalkerSampling):
-            raise UsageError(f"talker_sampling must be a TalkerSampling, got {type(o.talker_sampling).__name__}")
+        from omni_jax import validation
+
+        checked = validation.check_generate_args(**{k: getattr(o, k) for k in OPTION_NAMES
+                                                    if k not in ("routing", "talker_routing")})
+        o = dataclasses.replace(o, **checked)
         speech = self.has_talker if o.speech is None else bool(o.speech)
         if speech and not self.has_talker:
             raise NoTalkerError(f"{self.directory}: this checkpoint has no talker, it cannot produce speech")
         sid = speaker_id(self.cfg, o.speaker) if speech else None
+        if speech:
+            validation.check_against_config(self.cfg, speech=True, speaker=o.speaker,
+                                            max_speech_frames=o.max_speech_frames)
         thinker_routing = resolve_routing(o.routing, self.cfg.thinker.text, "routing")
         talker_routing = None
         if o.talker_routing is not None:
@@ -233,11 +214,7 @@ class OmniModel:
                 raise NoTalkerError(f"talker_routing: {self.directory} has no talker")
             talker_routing = resolve_routing(o.talker_routing, self.cfg.talker.text, "talker_routing")
 
-        single = _is_conversation(messages)
-        conversations = [messages] if single else list(messages)
-        if not conversations or not all(_is_conversation(c) for c in conversations):
-            raise UsageError("messages must be a conversation (a list of {'role', 'content'} dicts) or a list of "
-                             f"conversations, got {type(messages).__name__}")
+        single, conversations = validation.check_messages(messages)
         media = MediaOptions(use_audio_in_video=o.use_audio_in_video, image_max_pixels=o.image_max_pixels,
                              video_fps=o.video_fps, video_max_frames=o.video_max_frames)
         batch = self.processor(conversations, media)

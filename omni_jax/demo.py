@@ -11,17 +11,39 @@ it needs neither torch nor transformers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
-import tempfile
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 
+from omni_jax.atomic import atomic_directory, atomic_write_bytes
+from omni_jax.processing.assets import RANDOM_WEIGHTS_MARKER
+
 DEMO_VERSION = "v1"
 DEMO_CONFIG = Path(__file__).parent / "presets" / "demo.config.json"
 RANDOM_WEIGHTS_NOTICE = "omni_jax demo: RANDOM weights (a tiny untrained model); the output is not meaningful"
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def is_demo_checkpoint(directory: str | Path) -> bool:
+    """True for the demo checkpoint and anything converted, pruned or distilled from it (they carry its
+    random-weights marker file), however the directory is named or passed."""
+    return (Path(directory) / RANDOM_WEIGHTS_MARKER).is_file()
+
+
+def announce_if_demo(directory: str | Path, log=_stderr) -> bool:
+    """Print the random-weights notice when ``directory`` is (derived from) the demo checkpoint."""
+    demo = is_demo_checkpoint(directory)
+    if demo:
+        log(f"{RANDOM_WEIGHTS_NOTICE} [{directory}]")
+    return demo
 
 
 def cache_root() -> Path:
@@ -35,8 +57,9 @@ def demo_dir() -> Path:
     return cache_root() / f"demo-{DEMO_VERSION}"
 
 
-def build_demo_checkpoint(out_dir: Path, seed: int = 0) -> Path:
-    """Write the demo checkpoint to ``out_dir`` atomically (temporary directory, then rename)."""
+def build_demo_checkpoint(out_dir: Path, seed: int = 0, progress: bool = True) -> Path:
+    """Write the demo checkpoint to ``out_dir`` atomically (temporary directory, then rename); with
+    ``progress`` a bar on stderr follows the steps (initialising the model, then each tensor written)."""
     import jax
     from flax import nnx
 
@@ -46,32 +69,67 @@ def build_demo_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     from omni_jax.weights.mapping import NameTable, export_tensors
     from omni_jax.weights.safetensors_io import write_safetensors
 
+    from tqdm import tqdm
+
     config = json.loads(DEMO_CONFIG.read_text())
     cfg = OmniConfig.from_hf(config)
-    with jax.default_device(jax.devices("cpu")[0]):
-        model = OmniModel(cfg, rngs=nnx.Rngs(seed))
-    flat = {".".join(map(str, p)): np.asarray(v.get_value())
-            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    table = NameTable(hf_rules(cfg), param_shapes(model))
-    tensors = dict(export_tensors(table, flat))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        write_safetensors(tmp / "model.safetensors",
-                          [(n, t.shape, t.dtype) for n, t in sorted(tensors.items())], tensors.__getitem__)
+    with tqdm(total=2, desc="demo checkpoint: initialising the model", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True, bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}]") as steps, \
+            atomic_directory(out_dir) as tmp:
+        with jax.default_device(jax.devices("cpu")[0]), _ticking(steps):
+            model = OmniModel(cfg, rngs=nnx.Rngs(seed))
+        flat = {".".join(map(str, p)): np.asarray(v.get_value())
+                for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+        table = NameTable(hf_rules(cfg), param_shapes(model))
+        tensors = dict(export_tensors(table, flat))
+        steps.update()
+        steps.set_description("demo checkpoint: writing tensors")
+        with tqdm(total=len(tensors), desc="demo checkpoint: tensors", unit="tensor", file=sys.stderr,
+                  disable=not progress, leave=False, dynamic_ncols=True) as bar:
+            def produce(name):
+                bar.update()
+                return tensors[name]
+
+            write_safetensors(tmp / "model.safetensors",
+                              [(n, t.shape, t.dtype) for n, t in sorted(tensors.items())], produce)
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         (tmp / "generation_config.json").write_text(json.dumps({"do_sample": False}))
-        (tmp / "DEMO_RANDOM_WEIGHTS.txt").write_text(RANDOM_WEIGHTS_NOTICE + "\n")
+        (tmp / RANDOM_WEIGHTS_MARKER).write_text(RANDOM_WEIGHTS_NOTICE + "\n")
         copy_tokenizer_files(tmp)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        steps.update()
+        steps.set_description("demo checkpoint: done")
     return out_dir
 
 
-def demo_media(directory: Path) -> tuple[Path, Path]:
-    """A synthetic picture (colour gradient with shapes) and a 2 s two-tone chirp, made once beside the demo."""
+@contextlib.contextmanager
+def _ticking(bar, seconds: float = 1.0):
+    """Refresh ``bar`` every ``seconds`` while the block runs, so its elapsed time shows the work is alive."""
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(seconds):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def demo_media(directory: str | Path | None = None) -> tuple[Path, Path]:
+    """(image, audio): the demo's synthetic picture (colour gradient with shapes, 320x224 PNG) and 2 s
+    two-tone chirp (16 kHz wav), made once in ``directory`` (default: the demo checkpoint's cache folder).
+
+        image, audio = omni_jax.demo.demo_media()   # paths to use in messages
+    """
+    import io
+
+    directory = demo_dir() if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     image, audio = directory / "demo_image.png", directory / "demo_audio.wav"
     if not image.is_file():
         from PIL import Image, ImageDraw
@@ -82,28 +140,39 @@ def demo_media(directory: Path) -> tuple[Path, Path]:
         draw = ImageDraw.Draw(img)
         draw.ellipse((40, 40, 140, 140), fill=(240, 200, 20))
         draw.rectangle((180, 90, 290, 190), fill=(30, 60, 200))
-        img.save(image)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        atomic_write_bytes(image, buf.getvalue())
     if not audio.is_file():
         import wave
 
         t = np.arange(2 * 16000) / 16000
         sig = 0.3 * np.sin(2 * np.pi * (300 + 200 * t) * t) + 0.2 * np.sin(2 * np.pi * 880 * t)
-        with wave.open(str(audio), "wb") as f:
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as f:
             f.setnchannels(1)
             f.setsampwidth(2)
             f.setframerate(16000)
             f.writeframes((sig * 32767).astype("<i2").tobytes())
+        atomic_write_bytes(audio, buf.getvalue())
     return image, audio
 
 
-def ensure_demo_checkpoint(log=None) -> Path:
-    """The cached demo checkpoint, built on first use."""
+def ensure_demo_checkpoint(log=_stderr, progress: bool = True) -> Path:
+    """The cached demo checkpoint (``$OMNI_JAX_CACHE``, else ``$XDG_CACHE_HOME/omni_jax``, else
+    ``~/.cache/omni_jax``), built on first use (~100 MB, with a progress bar). ``log`` (default: stderr; None:
+    quiet) is told where it is cached."""
     d = demo_dir()
-    if not (d / "config.json").is_file():
+    if (d / "config.json").is_file():
         if log is not None:
-            log(f"building the demo checkpoint (random weights) in {d} ...")
-        try:
-            build_demo_checkpoint(d)
-        except FileExistsError:
-            pass  # another process built it meanwhile
+            log(f"omni_jax demo: checkpoint cached in {d}")
+        return d
+    if log is not None:
+        log(f"omni_jax demo: building the demo checkpoint (random weights, ~100 MB, once) in {d}")
+    try:
+        build_demo_checkpoint(d, progress=progress and log is not None)
+    except OSError:
+        if not (d / "config.json").is_file():
+            raise
+        # another process built it meanwhile (the rename onto its directory failed)
     return d

@@ -26,9 +26,18 @@ from pathlib import Path
 
 from omni_jax.errors import OmniJaxError, UsageError, one_line
 
+PROG = "python -m omni_jax.generate"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are UsageError: one line, exit code 2, printed like every other error."""
+
+    def error(self, message):
+        raise UsageError(message)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m omni_jax.generate", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, help="HF or converted checkpoint directory")
     p.add_argument("--demo", action="store_true",
                    help="use a small RANDOM-weight checkpoint built locally on first use (no download)")
@@ -47,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="float32 (the CPU default: XLA:CPU widens every bf16 weight stack to f32 as a whole on each "
-                        "step, ~4-5x slower at 2 layers x 16 experts and worse with size; see README) or bfloat16 "
+    p.add_argument("--dtype", default="float32",
+                   help="float32 (default; on CPU: XLA:CPU widens every bf16 weight stack to f32 as a whole on each "
+                        "step, ~4-5x slower at 2 layers x 16 experts and worse with size, see README) or bfloat16 "
                         "(GPU/TPU)")
     p.add_argument("--mesh", default=None,
                    help="device mesh, e.g. data=1,expert=8: experts split over the expert axis (expert parallel)")
@@ -144,19 +153,36 @@ def routing_options(args, cfg) -> tuple:
 
 
 def check_flags(args) -> None:
-    """The checks that need nothing but the flags (before any file is read)."""
-    if args.max_new_tokens < 1:
-        raise UsageError("--max-new-tokens must be >= 1")
-    if args.audio_chunk_frames is not None and args.audio_chunk_frames < 1:
-        raise UsageError("--audio-chunk-frames must be >= 1")
-    if args.max_speech_frames is not None and args.max_speech_frames < 0:
-        raise UsageError("--max-speech-frames must be >= 0")
+    """Every flag that needs no checkpoint, by the same checks as the API's arguments (``omni_jax.validation``),
+    before anything is read, built or loaded: numbers, the input files, and the folders outputs go to."""
+    from omni_jax import validation as v
+
+    v.check_choice("dtype", args.dtype, v.DTYPES)
+    v.check_generate_args(max_new_tokens=args.max_new_tokens, seed=args.seed, speaker=args.speaker,
+                          image_max_pixels=args.image_max_pixels, video_fps=args.video_fps,
+                          video_max_frames=args.video_max_frames,
+                          max_speech_frames=0 if args.max_speech_frames is None else args.max_speech_frames,
+                          audio_chunk_frames=1 if args.audio_chunk_frames is None else args.audio_chunk_frames)
+    v.check_sampling_flags(args.temperature, args.top_p, args.top_k)
     if args.use_audio_in_video and not args.video:
-        raise UsageError("--use-audio-in-video needs a --video")
+        raise UsageError(f"{v.label('use_audio_in_video')}: needs a --video")
+    for name, paths in (("image", args.image), ("audio", args.audio), ("video", args.video)):
+        for path in paths:
+            v.check_input_file(name, path, folder_ok=name == "video")
+    if args.checkpoint is not None:
+        v.check_checkpoint_dir("checkpoint", args.checkpoint)
+    elif not args.demo:
+        raise UsageError(f"{v.label('checkpoint')}: required (or --demo for the random-weight demo)")
+    if args.wav_out is not None:
+        v.check_output_file("wav_out", args.wav_out)
+    if args.router_stats is not None:
+        v.check_output_file("router_stats", args.router_stats)
 
 
 class _WavOut:
-    """The speech file, opened when the first piece arrives (so nothing is written before speech exists)."""
+    """The speech file, opened when the first piece arrives (so nothing is written before speech exists):
+    streamed to NAME.partial, renamed to NAME by ``close()``; ``abort()`` removes the partial file and leaves an
+    existing NAME as it was."""
 
     def __init__(self, path: Path):
         self.path, self.writer = path, None
@@ -175,23 +201,29 @@ class _WavOut:
             self.write(np.zeros(0, np.float32))
         self.writer.close()
 
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
 
-def run(args) -> dict:
-    import time
 
-    import numpy as np
-
-    from omni_jax.api import OmniModel
-    from omni_jax.compilation import CompileLog
-    from omni_jax.processing.chat import build_messages
-
+def prepare(args):
+    """Everything before the weights are read: every flag checked, the demo built if asked for, the config,
+    tokenizer and media read, the request prepared. Returns (model without weights, request, wav path or None
+    when there is no speech)."""
     check_flags(args)
+    model = open_model(args)
+    return (model, *prepare_request(model, args))
+
+
+def open_model(args):
+    """The checkpoint (or the demo, built on first use) without its weights."""
+    from omni_jax.api import OmniModel
+
     ckpt = args.checkpoint
     if args.demo and ckpt is None:
-        from omni_jax.demo import RANDOM_WEIGHTS_NOTICE, ensure_demo_checkpoint
+        from omni_jax.demo import ensure_demo_checkpoint
 
-        ckpt = ensure_demo_checkpoint(log=lambda m: print(m, file=sys.stderr))
-        print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+        ckpt = ensure_demo_checkpoint()  # says where it is cached; OmniModel.open prints the random-weights notice
         if args.prompt is None:
             from omni_jax.demo import demo_media
 
@@ -203,10 +235,15 @@ def run(args) -> dict:
             args.max_speech_frames = 40
         if args.audio_chunk_frames is None:
             args.audio_chunk_frames = 10
-    if ckpt is None:
-        raise UsageError("--checkpoint is required (or --demo)")
-    model = OmniModel.open(ckpt, dtype=args.dtype, mesh=args.mesh, compilation_cache=args.compilation_cache)
-    cfg = model.cfg
+    return OmniModel.open(ckpt, dtype=args.dtype, mesh=args.mesh, compilation_cache=args.compilation_cache)
+
+
+def prepare_request(model, args):
+    """The request of the flags for an opened model: (request, wav path or None when there is no speech)."""
+    from omni_jax import validation
+    from omni_jax.processing.chat import build_messages
+
+    cfg, ckpt = model.cfg, model.directory
     if not cfg.has_talker and args.wav_out is not None and not args.no_speech:
         from omni_jax.generation.speech import NoTalkerError
 
@@ -225,21 +262,39 @@ def run(args) -> dict:
         max_speech_frames=4095 if args.max_speech_frames is None else args.max_speech_frames,
         audio_chunk_frames=args.audio_chunk_frames or 300, routing=routing, talker_routing=talker_routing,
         fused=args.fused)
+    wav_path = (args.wav_out or Path("demo.wav" if args.demo else "output.wav")) if speech else None
+    if wav_path is not None:
+        validation.check_output_file("wav_out", wav_path)
+    return request, wav_path
+
+
+def run(args) -> dict:
+    import time
+
+    import numpy as np
+
+    from omni_jax.compilation import CompileLog
+
+    model, request, wav_path = prepare(args)
+    speech = wav_path is not None
 
     def on_text(row: int, delta: str) -> None:
         if not args.json:
             sys.stdout.write(delta)
             sys.stdout.flush()
 
-    wav_out = _WavOut(args.wav_out or Path("demo.wav" if args.demo else "output.wav")) if speech else None
+    wav_out = _WavOut(wav_path) if speech else None
     with CompileLog() as log:
         load_s = model.load_weights(progress=sys.stderr.isatty())
         t0 = time.perf_counter()
         try:
             res = model.run(request, on_text=on_text, on_audio=None if wav_out is None else lambda i, w: wav_out.write(w))
-        finally:
+        except BaseException:  # an error or an interruption: no wav that looks complete, an existing one kept
             if wav_out is not None:
-                wav_out.close()
+                wav_out.abort()
+            raise
+        if wav_out is not None:
+            wav_out.close()
     t = res.extras
     n = len(res.token_ids)
     thinker_s = t.get("thinker_s", t["total_s"])
@@ -275,7 +330,9 @@ def run(args) -> dict:
     if args.fused:
         result["fused"] = True
     if args.router_stats is not None:
-        args.router_stats.write_text(json.dumps(res.router.to_json()))
+        from omni_jax.atomic import atomic_write_text
+
+        atomic_write_text(args.router_stats, json.dumps(res.router.to_json()))
     if args.verbose:
         print(f"[XLA programs of this call (after the weights were read: {load_s:.2f} s)]\n{log.table()}",
               file=sys.stderr)
@@ -283,17 +340,17 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
         result = run(args)
     except OmniJaxError as e:
-        print(f"omni_jax.generate: error: {one_line(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
-    except (ValueError, OSError) as e:
-        print(f"omni_jax.generate: error: {one_line(e)}", file=sys.stderr)
+    except OSError as e:  # the file system failing under us (disk full, a folder removed meanwhile)
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("omni_jax.generate: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -301,4 +358,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from omni_jax.atomic import install_interrupt_handlers
+
+    install_interrupt_handlers()  # SIGINT / SIGTERM: no output that looks complete, existing files untouched
     sys.exit(main())

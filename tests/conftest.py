@@ -36,3 +36,20 @@ def tiny_ckpt(fixture_root) -> Path:
 @pytest.fixture(scope="session")
 def tiny_thinker_only_ckpt(fixture_root) -> Path:
     return cached_checkpoint(fixture_root, "tiny_thinker_only", tiny_config_dict(with_talker=False), seed=1)
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """An OMNI_JAX_CACHE folder holding the demo checkpoint, built once per session (set the variable to it)."""
+    from omni_jax.demo import DEMO_VERSION, build_demo_checkpoint
+
+    root = tmp_path_factory.mktemp("omni_jax_cache")
+    build_demo_checkpoint(root / f"demo-{DEMO_VERSION}", progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_compilation_cache(tmp_path_factory) -> Path:
+    """A persistent compilation cache shared by the tests that run the same demo calls in different processes
+    (the README's examples in this one, the quickstart notebook in a kernel): the second compiles less."""
+    return tmp_path_factory.mktemp("demo_compilation_cache")

@@ -22,7 +22,7 @@ def _toml_value(v) -> str:
 
 def write_experiment(path: Path, kind: str, tables: dict, **top) -> Path:
     lines = [f'kind = "{kind}"'] + [f"{k} = {_toml_value(v)}" for k, v in top.items()]
-    tables = {"eval": dict(SMALL_EVAL), **tables}
+    tables = {**({} if kind == "modality" else {"eval": dict(SMALL_EVAL)}), **tables}  # modality reads no [eval]
     for name, table in tables.items():
         lines.append(f"[{name}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]

@@ -1,6 +1,5 @@
 """experiments/quickstart.ipynb runs top to bottom on the demo checkpoint (executed with nbclient)."""
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -9,8 +8,11 @@ from nbclient import NotebookClient
 NOTEBOOK = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.ipynb"
 
 
-def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMNI_JAX_CACHE", str(tmp_path / "cache"))  # the kernel inherits it
+def test_quickstart_notebook_runs(demo_cache, demo_compilation_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNI_JAX_CACHE", str(demo_cache))  # the kernel inherits it
+    # the README test runs the same calls in this process: share compiled programs (same matmul precision)
+    monkeypatch.setenv("OMNI_JAX_COMPILATION_CACHE", str(demo_compilation_cache))
+    monkeypatch.setenv("JAX_DEFAULT_MATMUL_PRECISION", "highest")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()

@@ -4,7 +4,7 @@ import sys
 
 import omni_jax.bench as bench_pkg
 
-SKIP = {"limits", "timing", "__main__"}
+SKIP = {"limits", "timing", "fuzz_targets", "__main__"}
 
 
 def available() -> list[str]:

@@ -9,16 +9,25 @@ from pathlib import Path
 
 import numpy as np
 
+from omni_jax.atomic import raise_if_interrupted
 from omni_jax.experiments import evaluate as ev
 from omni_jax.experiments.evalset import DEFAULT_CALIBRATION, DEFAULT_EVAL, EvalSet, load_set
 from omni_jax.models.decoder import StackOptions
 
 
+RANDOM_WEIGHTS_LABEL = "RANDOM WEIGHTS (demo checkpoint): these numbers only show the machinery works"
+
+
 class RunContext:
+    """``out_dir``: where the run writes (``OUT.partial``); ``final_dir``: where its results end up (``OUT``),
+    for paths recorded in the rows (``final_path``)."""
+
     def __init__(self, spec: dict, cfg, params: dict, checkpoint: Path, tokenizer, out_dir: Path,
-                 progress_enabled: bool = True):
+                 progress_enabled: bool = True, final_dir: Path | None = None):
         self.spec, self.cfg, self.params, self.checkpoint = spec, cfg, params, Path(checkpoint)
         self.tokenizer, self.out_dir = tokenizer, Path(out_dir)
+        self.final_dir = self.out_dir if final_dir is None else Path(final_dir)
+        self.random_weights = bool(spec.get("random_weights", False))
         self.seed = int(spec["seed"])
         self.dtype = spec["dtype"]
         self.progress_enabled = progress_enabled
@@ -26,17 +35,25 @@ class RunContext:
 
     # ------------------------------------------------------------------ plumbing
     def progress(self, iterable, desc: str = "", total=None):
-        if not self.progress_enabled:
-            return iterable
-        import sys
+        """The items of ``iterable`` (with a bar on stderr when enabled); stops between items once a SIGINT /
+        SIGTERM arrived, even one whose exception Python swallowed."""
+        if self.progress_enabled:
+            import sys
 
-        from tqdm import tqdm
+            from tqdm import tqdm
 
-        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
+            iterable = tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
+        for item in iterable:
+            raise_if_interrupted()
+            yield item
 
     def save_figure(self, fig, name: str) -> Path:
+        """plots/NAME.png; a run on random weights gets a red label on the figure saying so."""
         import matplotlib.pyplot as plt
 
+        if self.random_weights:
+            fig.text(0.5, 1.0, RANDOM_WEIGHTS_LABEL, ha="center", va="bottom", color="red", fontsize=9,
+                     fontweight="bold", transform=fig.transFigure)
         path = self.out_dir / "plots" / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -48,11 +65,15 @@ class RunContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def final_path(self, path: Path) -> Path:
+        """Where ``path`` (under ``out_dir``) will be once the results directory is complete."""
+        return self.final_dir / Path(path).relative_to(self.out_dir)
+
     # ------------------------------------------------------------------ data
     @cached_property
     def _eval_set(self) -> EvalSet:
         e = self.spec["eval"]
-        return load_set(self.tokenizer, e.get("path"), DEFAULT_EVAL, int(e["max_examples"]), int(e["max_tokens"]))
+        return load_set(self.tokenizer, e["path"], DEFAULT_EVAL, e["max_examples"], e["max_tokens"])
 
     def thinker_eval(self) -> EvalSet:
         return self._eval_set
@@ -60,8 +81,7 @@ class RunContext:
     @cached_property
     def _calibration(self) -> EvalSet:
         c = self.spec["calibration"]
-        return load_set(self.tokenizer, c.get("path"), DEFAULT_CALIBRATION, int(c["max_examples"]),
-                        int(c["max_tokens"]))
+        return load_set(self.tokenizer, c["path"], DEFAULT_CALIBRATION, c["max_examples"], c["max_tokens"])
 
     def calibration(self) -> EvalSet:
         return self._calibration

@@ -33,9 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -511,7 +509,7 @@ def save_student(teacher_dir: str | Path, out_dir: str | Path, teacher_params: d
                  student_cfg: TextConfig, formats: Iterable[str] = ("hf",), dtype: str | None = None,
                  keep_talker: bool | None = None, note: dict | None = None) -> dict:
     """Write the student as a loadable checkpoint: ``out_dir/hf`` (config.json + safetensors + the teacher's
-    tokenizer/preprocessor files) and/or ``out_dir/orbax``, through ``pruning.save_pruned``. The Thinker's text
+    tokenizer/preprocessor files) and/or ``out_dir/orbax``, through ``weights.export``. The Thinker's text
     model is the student; vision/audio/talker/code2wav are the teacher's, unchanged. config.json is the
     teacher's with ``num_hidden_layers`` / ``num_experts`` of thinker_config.text_config changed.
 
@@ -522,8 +520,9 @@ def save_student(teacher_dir: str | Path, out_dir: str | Path, teacher_params: d
     dtype: float32 | bfloat16 | float16 (default: the student's, fp32).
     Returns dict(paths={format: dir}, has_talker)."""
     from omni_jax.config import OmniConfig
-    from omni_jax.experiments.pruning import PRUNING_RECORD, save_pruned
+    from omni_jax.experiments.pruning import PRUNING_RECORD
     from omni_jax.experiments.surgery import with_thinker_text
+    from omni_jax.weights.export import export_checkpoint
 
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     config = json.loads((teacher_dir / "config.json").read_text())
@@ -548,15 +547,8 @@ def save_student(teacher_dir: str | Path, out_dir: str | Path, teacher_params: d
         raise DistillError("the student's config differs from the teacher's in more than layers / experts")
     params = {k: v for k, v in teacher_params.items() if has_talker or k not in ("talker", "code2wav")}
     params["thinker"] = dict(params["thinker"], text=student_text_params)
-    skip = {"config.json", "model.safetensors.index.json", "omni_jax_checkpoint.json", PRUNING_RECORD}
-    with tempfile.TemporaryDirectory(prefix="student-src-") as src:
-        # save_pruned copies config.json's neighbours from its source directory: give it the student's config
-        # beside links to the teacher's tokenizer / preprocessor files
-        src = Path(src)
-        (src / "config.json").write_text(json.dumps(config, indent=1))
-        for f in teacher_dir.iterdir():
-            if f.is_file() and f.name not in skip and not f.name.endswith(".safetensors"):
-                os.symlink(f.absolute(), src / f.name)
-        record = dict(distilled_from=str(teacher_dir.absolute()), **(note or {}))
-        paths = save_pruned(params, new_cfg, src, out_dir, formats, dtype=dtype, note=record)
+    record = dict(format="omni_jax.distillation.v1", distilled_from=str(teacher_dir.absolute()), **(note or {}))
+    paths = export_checkpoint(params, new_cfg, out_dir, formats, config_json=config, aux_dir=teacher_dir,
+                              skip_aux=(PRUNING_RECORD,), extra_files={PRUNING_RECORD: json.dumps(record, indent=1)},
+                              dtype=dtype, source={"from": str(teacher_dir)})
     return dict(paths=paths, has_talker=has_talker)

@@ -19,24 +19,20 @@ A pruned checkpoint directory records the original ids of the kept experts in ``
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-import jax
 import numpy as np
 
 from omni_jax.errors import UsageError
 from omni_jax.config import OmniConfig, TextConfig
+from omni_jax.weights.export import FORMATS as EXPORT_FORMATS
+from omni_jax.weights.export import dtype_name, export_checkpoint
 from omni_jax.experiments.surgery import (SurgeryError, check_expert_keep, keep_experts, with_talker_text,
                                           with_thinker_text)
 
 PRUNING_RECORD = "omni_jax_pruning.json"
-FORMATS = ("hf", "orbax")
-# Files of a source checkpoint that are rewritten or replaced, never copied as they are.
-_NOT_COPIED = {"config.json", "model.safetensors.index.json", "omni_jax_checkpoint.json", PRUNING_RECORD}
+FORMATS = EXPORT_FORMATS
 _EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts")  # transformers 5.x thinker / talker spellings
 
 
@@ -198,24 +194,6 @@ def _pruned_config_json(src: dict, cfg: OmniConfig) -> dict:
     return out
 
 
-_HOST_COPY_BYTES = 1 << 30  # device parameters up to this size are copied to the host whole when saving
-
-
-@jax.jit
-def _take_layer(arr, layer):
-    return jax.lax.dynamic_index_in_dim(arr, layer, 0, keepdims=False)
-
-
-def _dtype_name(arr) -> str:
-    from omni_jax.weights.orbax_io import DTYPES
-
-    names = {np.dtype(v): k for k, v in DTYPES.items()}
-    dt = np.dtype(arr.dtype)
-    if dt not in names:
-        raise PruningError(f"cannot save parameters of dtype {dt} (float32, bfloat16 or float16)")
-    return names[dt]
-
-
 def save_pruned(params: dict, cfg: OmniConfig, src_dir: str | Path, out_dir: str | Path,
                 formats: Iterable[str] = FORMATS, *, kept: dict[str, np.ndarray] | None = None,
                 dtype: str | None = None, max_shard_bytes: int = 2 << 30, note: dict | None = None,
@@ -231,63 +209,21 @@ def save_pruned(params: dict, cfg: OmniConfig, src_dir: str | Path, out_dir: str
     and renamed at the end: a failure leaves no ``out_dir``.
     Returns {format: directory}.
     """
-    from omni_jax.weights.load import name_table
-    from omni_jax.weights.mapping import flatten, param_slice
-    from omni_jax.weights.orbax_io import DTYPES, MANIFEST, write_groups
-    from omni_jax.weights.safetensors_io import write_safetensors, write_sharded
+    from omni_jax.weights.mapping import flatten
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
-    formats = tuple(formats)
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise PruningError(f"formats {formats}: choose from {FORMATS}")
-    if out_dir.exists():
-        raise PruningError(f"{out_dir}: already exists (remove it or choose another output directory)")
     try:
         src_config = json.loads((src_dir / "config.json").read_text())
     except FileNotFoundError:
         raise PruningError(f"{src_dir}: no config.json") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise PruningError(f"{src_dir / 'config.json'}: not JSON") from None
-
     config_json = _pruned_config_json(src_config, cfg)
     if OmniConfig.from_hf(config_json) != cfg:
         raise PruningError(f"{src_dir}: config.json does not describe these parameters beyond the expert counts "
                            "(was the model pruned another way?)")
-    flat = flatten(params)
-    table = name_table(cfg)
-    for path, shape in table.param_shapes.items():
-        if path not in flat:
-            raise PruningError(f"parameter {path!r} missing from the params")
-        if tuple(flat[path].shape) != tuple(shape):
-            raise PruningError(f"parameter {path!r} has shape {tuple(flat[path].shape)}, config expects {shape}")
-    dtype = dtype or _dtype_name(flat["thinker.text.embed"])
-    if dtype not in DTYPES:
-        raise PruningError(f"dtype {dtype!r}: choose from {sorted(DTYPES)}")
-    np_dtype = np.dtype(DTYPES[dtype])
 
-    host_cache: dict = {}  # recent host copies: a whole (small) parameter or one layer block of a large one
-
-    def host_block(path: str, layer: int | None) -> np.ndarray:
-        arr = flat[path]
-        if isinstance(arr, np.ndarray):
-            return arr if layer is None else arr[layer]
-        whole = layer is None or arr.nbytes <= _HOST_COPY_BYTES
-        key = (path, None if whole else layer)
-        if key not in host_cache:
-            if len(host_cache) >= 4:
-                host_cache.pop(next(iter(host_cache)))
-            host_cache[key] = np.asarray(arr) if whole else np.asarray(_take_layer(arr, np.int32(layer)))
-        block = host_cache[key]
-        return block[layer] if whole and layer is not None else block
-
-    def produce(name: str) -> np.ndarray:  # one HF tensor, sliced from its (possibly on-device) parameter
-        slot = table.slots[name]
-        shape = tuple(flat[slot.rule.param].shape)
-        layer = slot.index[0] if slot.index else None
-        idx = param_slice(shape, slot)[0 if layer is None else 1:]
-        return np.ascontiguousarray(slot.rule.to_hf(host_block(slot.rule.param, layer)[idx]), np_dtype)
-
+    dtype = dtype or dtype_name(flatten(params)["thinker.text.embed"])
     previous = read_pruning_record(src_dir)
     record = {"format": "omni_jax.pruning.v1", "source": str(src_dir.resolve()), "dtype": dtype, **(note or {})}
     for model, idx in (kept or {}).items():
@@ -308,36 +244,6 @@ def save_pruned(params: dict, cfg: OmniConfig, src_dir: str | Path, out_dir: str
     for model in ("thinker", "talker"):  # a source's pruning that is not redone here is carried over
         if previous and model in previous and model not in record:
             record[model] = previous[model]
-
-    aux = [p for p in sorted(src_dir.iterdir()) if p.is_file() and p.name not in _NOT_COPIED
-           and not p.name.endswith(".safetensors")]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    written: dict[str, Path] = {}
-    try:
-        for fmt in formats:
-            d = tmp / fmt
-            d.mkdir()
-            if fmt == "hf":
-                names = table.names()
-                entries = [(n, table.hf_shape(n), np_dtype) for n in names]
-                total = sum(int(np.prod(s, dtype=np.int64)) * np_dtype.itemsize for _, s, _ in entries)
-                if total <= max_shard_bytes:
-                    write_safetensors(d / "model.safetensors", entries, produce)
-                else:
-                    write_sharded(d, entries, produce, max_shard_bytes=max_shard_bytes)
-            else:
-                manifest = write_groups(d, table, produce, dtype)
-                manifest["source"] = {"format": "omni_jax-pruned", "tensors": len(table), "from": str(src_dir)}
-                (d / MANIFEST).write_text(json.dumps(manifest, indent=1))
-            (d / "config.json").write_text(json.dumps(config_json, indent=2, sort_keys=True))
-            for p in aux:
-                shutil.copyfile(p, d / p.name)
-            (d / PRUNING_RECORD).write_text(json.dumps(record, indent=1))
-            written[fmt] = out_dir / fmt
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return written
-
+    return export_checkpoint(params, cfg, out_dir, formats, config_json=config_json, aux_dir=src_dir,
+                             extra_files={PRUNING_RECORD: json.dumps(record, indent=1)}, dtype=dtype,
+                             max_shard_bytes=max_shard_bytes, source={"from": str(src_dir)})

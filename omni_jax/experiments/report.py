@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+RANDOM_WEIGHTS_NOTE = ("\n**Made on RANDOM weights (the demo checkpoint, or one derived from it): the numbers only "
+                       "show that the machinery works; they say nothing about the real model.**\n\n")
+
 
 def _plain(v):
     if isinstance(v, (np.integer,)):
@@ -67,7 +70,9 @@ def write_results(out_dir: Path, spec: dict, rows: list[dict], extra: dict | Non
         for r in rows:
             w.writerow({c: r.get(c, "") for c in cols})
     plots = sorted((out_dir / "plots").glob("*.png")) if (out_dir / "plots").is_dir() else []
-    md = [f"# {spec['name']}\n", spec.get("description", "").strip() + "\n" if spec.get("description") else "",
+    md = [f"# {spec['name']}\n",
+          RANDOM_WEIGHTS_NOTE if spec.get("random_weights") else "",
+          spec.get("description", "").strip() + "\n" if spec.get("description") else "",
           f"checkpoint: `{spec.get('checkpoint')}` · kind: `{spec['kind']}` · seed: {spec['seed']}\n\n",
           markdown_table(rows, cols) if rows else "(no rows)\n"]
     md += [f"\n![{p.stem}](plots/{p.name})\n" for p in plots]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from omni_jax.errors import UsageError
 from omni_jax.ops.logits import apply_repetition_penalty, top_k_filter, top_p_filter
 
 __all__ = ["SamplingConfig", "apply_repetition_penalty", "sample", "top_k_filter", "top_p_filter"]
@@ -24,13 +25,13 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise UsageError(f"temperature must be > 0, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+            raise UsageError(f"top_k must be >= 1, got {self.top_k}")
         if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+            raise UsageError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
     @classmethod
     def greedy(cls, repetition_penalty: float = 1.0) -> "SamplingConfig":

@@ -48,32 +48,62 @@ def write_wav(path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
 
 
 class WavStreamWriter:
-    """A 16-bit PCM mono wav written piece by piece (the header is patched after every piece, so the file is a
-    valid wav at any moment: a player can open it while speech is still being generated)."""
+    """A 16-bit PCM mono wav written piece by piece to ``NAME.partial`` and renamed to ``NAME`` by ``close()``.
+
+    The header is patched after every piece, so ``NAME.partial`` is a valid wav at any moment (a player can
+    open it while speech is still being generated). ``NAME`` appears only complete; an existing ``NAME`` is
+    untouched until then, and ``abort()`` (or leaving a ``with`` block by an exception, Ctrl-C included)
+    removes the partial file instead.
+    """
 
     def __init__(self, path, sample_rate: int = SAMPLE_RATE):
         import wave
 
+        from omni_jax.atomic import PartialFile
+
         self.path = path
-        self._f = wave.open(str(path), "wb")
+        self._file = PartialFile(path)
+        self._f = wave.open(self._file, "wb")
         self._f.setnchannels(1)
         self._f.setsampwidth(2)
         self._f.setframerate(sample_rate)
         self.samples = 0
 
+    @property
+    def partial_path(self):
+        return self._file.partial
+
     def write(self, wav: np.ndarray) -> None:
         pcm = np.round(np.clip(np.asarray(wav, np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
         self._f.writeframes(pcm.tobytes())
+        self._file.flush()
         self.samples += pcm.size
 
     def close(self) -> None:
-        self._f.close()
+        """Finish the header and rename the complete file into place."""
+        try:
+            self._f.close()
+        except BaseException:
+            self._file.abort()
+            raise
+        self._file.commit()
+
+    def abort(self) -> None:
+        """Drop the partial file (an existing ``NAME`` stays as it was)."""
+        import contextlib
+
+        with contextlib.suppress(OSError, ValueError):  # closed now, so it never writes into a removed file later
+            self._f.close()
+        self._file.abort()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def speaker_id(cfg: OmniConfig, speaker: str) -> int:

@@ -109,7 +109,7 @@ def load_audio(path: str | Path, sampling_rate: int = SAMPLE_RATE) -> np.ndarray
     try:
         with sf.SoundFile(str(path)) as f:
             rate = f.samplerate
-            waveform = f.read(dtype="float32", always_2d=True).T  # (channels, n)
+            waveform = _read_all(f, path.stat().st_size).T  # (channels, n)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         detail = " ".join(str(getattr(e, "error_string", e)).split())
         raise AudioInputError(
@@ -130,6 +130,38 @@ def load_audio(path: str | Path, sampling_rate: int = SAMPLE_RATE) -> np.ndarray
             f"{path}: audio too short ({len(waveform)} samples at {sampling_rate} Hz; at least {min_len} needed)"
         )
     return waveform
+
+
+# No codec stores more samples per byte than this (FLAC of digital silence: a few hundred).
+MAX_SAMPLES_PER_BYTE = 20_000
+
+
+def _read_all(f, file_bytes: int) -> np.ndarray:
+    """Every frame of an open SoundFile as float32 [n, channels].
+
+    One ``f.read()`` as the reference does (the decoders' output can depend on the read size), unless the
+    header claims more samples than the file's size can hold: ``f.read()`` would then first allocate that
+    claim, which a damaged header can put at terabytes, so the frames are read in blocks until the decoder
+    has no more.
+    """
+    if f.frames * f.channels <= MAX_SAMPLES_PER_BYTE * max(file_bytes, 1):
+        return f.read(dtype="float32", always_2d=True)
+    return _read_blocks(f)
+
+
+def _read_blocks(f, block: int = 1 << 16) -> np.ndarray:
+    """Every frame of an open SoundFile as float32 [n, channels], read block by block until the data ends."""
+    blocks = []
+    while True:
+        b = f.read(block, dtype="float32", always_2d=True)
+        if len(b) == 0:
+            break
+        blocks.append(b)
+        if len(b) < block:
+            break
+    if not blocks:
+        return np.zeros((0, f.channels), np.float32)
+    return np.concatenate(blocks, axis=0)
 
 
 def min_samples(cfg: AudioFeatureConfig) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from omni_jax.weights.orbax_io import DTYPES, MANIFEST, read_manifest, read_para
 from omni_jax.weights.safetensors_io import CheckpointError, SafetensorsCheckpoint, is_hf_checkpoint
 
 
+@functools.lru_cache(maxsize=16)
 def name_table(cfg: OmniConfig, dtype=jnp.float32) -> NameTable:
+    """The model's HF name table (built once per config: tracing the abstract model takes about a second)."""
     from omni_jax.models.omni import abstract_model, hf_rules, param_shapes
 
     return NameTable(hf_rules(cfg), param_shapes(abstract_model(cfg, dtype)))

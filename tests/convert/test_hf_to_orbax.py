@@ -127,3 +127,52 @@ def test_sharded_index_loads_like_the_single_file(tiny_ckpt, tmp_path):
     (sharded / names[1]).unlink()  # a shard listed in the index is missing
     with pytest.raises(CheckpointError, match=names[1]):
         load_flat_params(sharded, cfg)
+
+
+def _start_and_wait_for_temporary(src: Path, out: Path):
+    """The converter in a subprocess, stopped (SIGSTOP) once its temporary directory beside ``out`` exists."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "convert" / "hf_to_orbax.py"), str(src), str(out),
+                             "--no-progress"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        tmps = list(out.parent.glob(f".{out.name}.tmp-{proc.pid}-*"))
+        if tmps:
+            proc.send_signal(signal.SIGSTOP)  # hold it mid-conversion
+            return proc, tmps[0]
+        time.sleep(0.002)
+    raise AssertionError(f"the converter never wrote its temporary: {proc.communicate()[1]}")
+
+
+def test_killed_converter_leaves_no_output_and_the_next_run_cleans_up(tiny_ckpt, tmp_path):
+    """SIGKILL mid-conversion: no OUT_DIR, only the hidden temporary, which the next run removes; SIGTERM:
+    the converter removes its temporary itself and says it was interrupted."""
+    import signal
+
+    out = tmp_path / "out"
+    proc, tmp = _start_and_wait_for_temporary(tiny_ckpt, out)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not out.exists() and tmp.exists()
+    assert tmp.name.startswith(f".out.tmp-{proc.pid}-")
+
+    proc, tmp2 = _start_and_wait_for_temporary(tiny_ckpt, out)
+    assert not tmp.exists()  # a new run to the same place removed the dead run's temporary
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "interrupted; nothing was written" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_destination_under_missing_folders_is_refused(tiny_ckpt, tmp_path, capsys):
+    rc = hf_to_orbax.main([str(tiny_ckpt), str(tmp_path / "no" / "such" / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err == [f"hf_to_orbax: error: output directory {tmp_path / 'no' / 'such' / 'out'}: "
+                               f"the folder {tmp_path / 'no' / 'such'} does not exist"]
+    assert list(tmp_path.iterdir()) == []
+    assert hf_to_orbax.main([str(tiny_ckpt), str(tmp_path / "o"), "--group-mb", "0"]) == 2
+    assert hf_to_orbax.main([str(tiny_ckpt), str(tmp_path / "o"), "--dtype", "float8"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 2 and list(tmp_path.iterdir()) == []

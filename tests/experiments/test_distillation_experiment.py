@@ -46,14 +46,14 @@ def test_distillation_experiment(tiny_ckpt, tmp_path):
     assert by["student off_policy"]["final_loss"] < by["student off_policy"]["initial_loss"]
     assert (out / "plots" / "distillation_loss.png").stat().st_size > 1000
 
-    # run again with more steps in the same directory: resumes from step 3 and keeps the first 3 losses
+    # run again with more steps in the same directory (--resume): resumes from step 3, keeps the first 3 losses
     first = json.loads((out / "artifacts" / "student" / "off_policy_history.json").read_text())
     exp2 = write_experiment(tmp_path / "distill2.toml", "distillation",
                             {"eval": {"max_examples": 4, "max_tokens": 16, "batch_size": 4, "decode_tokens": 0},
                              "calibration": {"max_examples": 4, "max_tokens": 16},
                              "distillation": {**KNOBS, "steps": 4, "modes": ["off_policy"],
                                               "write_checkpoint": False}}, name="distill", seed=0)
-    _, rows2 = run_experiment(exp2, tiny_ckpt, tmp_path / "out", progress=False, log=lambda m: None)
+    _, rows2 = run_experiment(exp2, tiny_ckpt, tmp_path / "out", progress=False, log=lambda m: None, resume=True)
     again = json.loads((out / "artifacts" / "student" / "off_policy_history.json").read_text())
     assert again[:3] == first and len(again) == 4
     assert rows2[-1]["steps"] == 4

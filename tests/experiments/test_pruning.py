@@ -21,6 +21,7 @@ import torch
 from omni_jax.config import OmniConfig
 from omni_jax.experiments import pruning
 from omni_jax.experiments.pruning import PruningError
+from omni_jax.weights.export import ExportError
 from omni_jax.experiments.evaluate import text_positions
 from omni_jax.models import thinker_text
 from omni_jax.models.common import pure_params
@@ -234,11 +235,11 @@ def test_orbax_dir_equals_hf_dir_and_params(written, pruned):
 
 def test_existing_output_and_bad_format_refused(pruned, tiny_ckpt, tmp_path):
     p, c, keep, _ = pruned
-    with pytest.raises(PruningError, match="already exists"):
+    with pytest.raises(ExportError, match="already exists"):
         pruning.save_pruned(p, c, tiny_ckpt, tmp_path)
-    with pytest.raises(PruningError, match="formats"):
+    with pytest.raises(ExportError, match="formats"):
         pruning.save_pruned(p, c, tiny_ckpt, tmp_path / "x", formats=("gguf",))
-    with pytest.raises(PruningError, match="config expects"):  # params that do not fit the config
+    with pytest.raises(ExportError, match="config expects"):  # params that do not fit the config
         pruning.save_pruned(p, OmniConfig.from_file(tiny_ckpt), tiny_ckpt, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 

@@ -63,9 +63,10 @@ def test_pruning_experiment(tiny_ckpt, tmp_path):
 
 
 def test_keep_count_below_top_k_fails_cleanly(tiny_ckpt, tmp_path):
-    from omni_jax.experiments.pruning import PruningError
     from omni_jax.experiments.runner import run_experiment
+    from omni_jax.experiments.spec import ExperimentFileError
 
     exp = write_experiment(tmp_path / "bad.toml", "pruning", {"pruning": {"keep": [1]}}, name="bad")
-    with pytest.raises(PruningError, match="top_k"):
+    with pytest.raises(ExperimentFileError, match=r"\[pruning\] keep = \[1\]: .*top_k"):  # before loading the model
         run_experiment(exp, tiny_ckpt, tmp_path / "out", progress=False, log=lambda m: None)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

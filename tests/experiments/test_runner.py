@@ -101,7 +101,8 @@ def test_bad_experiment_file_is_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "omni_jax.experiments", "run", str(bad)], capture_output=True,
                           text=True)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: not valid TOML")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"python -m omni_jax.experiments: error: {bad}: not valid TOML")
     unknown = tmp_path / "unknown.toml"
     unknown.write_text('kind = "nope"\n')
     proc = subprocess.run([sys.executable, "-m", "omni_jax.experiments", "run", str(unknown)], capture_output=True,

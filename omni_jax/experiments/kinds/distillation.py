@@ -2,7 +2,7 @@
 layer), initialised from the teacher by surgery and trained on the teacher's logits (omni_jax/experiments/
 distill.py), then evaluated against the unmodified Thinker.
 
-Knobs (``[distillation]``, defaults in DEFAULTS): ``layers`` (student depth: evenly spaced teacher layers,
+Knobs (``[distillation]``, defaults and ranges in SCHEMA): ``layers`` (student depth: evenly spaced teacher layers,
 first and last kept), ``experts`` (per layer), ``expert_choice`` ("first" | "usage": the most used on the
 calibration set), ``modes`` (["off_policy", "on_policy"]: one trained student each), ``train_set``
 ("calibration" | "eval": the texts trained on; the eval set stays the held-out test), ``steps``, ``lr``,
@@ -29,16 +29,41 @@ import time
 
 import numpy as np
 
-from omni_jax.experiments.distill import DistillConfig, DistillError, DistillTrainer, make_student, plot_loss_curves
+from omni_jax.experiments.distill import MODES, DistillConfig, DistillTrainer, make_student, plot_loss_curves
 from omni_jax.experiments.distill import save_student
+from omni_jax.experiments.schema import Bool, Choice, Float, Int, ListOf
+from omni_jax.weights.export import FORMATS
 
-DEFAULTS = {
-    "layers": 2, "experts": 4, "expert_choice": "usage", "modes": ["off_policy", "on_policy"],
-    "train_set": "calibration", "steps": 40, "lr": 1e-3, "schedule": "constant", "warmup_steps": 0,
-    "weight_decay": 0.0, "grad_clip": 1.0, "batch_size": 4, "alpha_ce": 0.7, "alpha_kl": 0.3,
-    "temperature": 2.0, "kl_t2_scale": True, "prompt_len": 8, "gen_tokens": 24, "sample_temperature": 1.0,
-    "save_every": 10, "max_to_keep": 2, "resume": True, "backend": "auto",
-    "write_checkpoint": False, "formats": ["hf"], "checkpoint_dtype": "",
+# Re-running the same command with --resume continues from the Orbax checkpoints a run left.
+RESUMABLE = True
+TABLES = ("eval", "calibration")
+SCHEMA = {
+    "layers": Int(2, "student depth", min=1),
+    "experts": Int(4, "experts per layer kept", min=1),
+    "expert_choice": Choice("usage", choices=("usage", "first")),
+    "modes": ListOf(list(MODES), item=Choice(None, choices=MODES), min_len=1),
+    "train_set": Choice("calibration", choices=("calibration", "eval")),
+    "steps": Int(40, min=1),
+    "lr": Float(1e-3, min=0.0, min_open=True),
+    "schedule": Choice("constant", choices=("constant", "cosine")),
+    "warmup_steps": Int(0, min=0),
+    "weight_decay": Float(0.0, min=0.0),
+    "grad_clip": Float(1.0, "0: off", min=0.0),
+    "batch_size": Int(4, min=1),
+    "alpha_ce": Float(0.7, min=0.0),
+    "alpha_kl": Float(0.3, min=0.0),
+    "temperature": Float(2.0, min=0.0, min_open=True),
+    "kl_t2_scale": Bool(True),
+    "prompt_len": Int(8, min=1),
+    "gen_tokens": Int(24, min=1),
+    "sample_temperature": Float(1.0, "0: greedy", min=0.0),
+    "save_every": Int(10, min=1),
+    "max_to_keep": Int(2, min=1),
+    "resume": Bool(True, "continue from the checkpoints in the output directory (with --resume)"),
+    "backend": Choice("auto", choices=("auto", "dense", "gather", "tiles", "ragged")),
+    "write_checkpoint": Bool(False),
+    "formats": ListOf(["hf"], item=Choice(None, choices=FORMATS), min_len=1),
+    "checkpoint_dtype": Choice("", "\"\" = the student's fp32", choices=("", "float32", "bfloat16", "float16")),
 }
 # knobs of the kind, not of one training run
 _KIND_ONLY = ("layers", "experts", "expert_choice", "modes", "train_set", "resume", "write_checkpoint", "formats",
@@ -46,18 +71,14 @@ _KIND_ONLY = ("layers", "experts", "expert_choice", "modes", "train_set", "resum
 _TAIL = 3  # steps averaged for the initial / final training loss (fewer in short runs)
 
 
-def _knobs(ctx) -> dict:
-    knobs = {**DEFAULTS, **ctx.spec.get("distillation", {})}
-    ctx.spec["distillation"] = knobs
-    unknown = sorted(set(knobs) - set(DEFAULTS))
-    if unknown:
-        raise DistillError(f"[distillation] unknown setting {unknown[0]!r}")
-    modes = knobs["modes"]
-    if not isinstance(modes, list) or not modes or not set(modes) <= {"off_policy", "on_policy"}:
-        raise DistillError(f"[distillation] modes = {modes!r}: a non-empty list of off_policy / on_policy")
-    if knobs["train_set"] not in ("calibration", "eval"):
-        raise DistillError(f"[distillation] train_set = {knobs['train_set']!r}: calibration or eval")
-    return knobs
+def check(knobs: dict, cfg) -> list[tuple[str, str]]:
+    """Problems only the checkpoint's config reveals: (key, message)."""
+    text = cfg.thinker.text
+    if knobs["layers"] > text.num_layers:
+        return [("layers", f"the teacher has {text.num_layers} layers")]
+    if not text.top_k <= knobs["experts"] <= text.num_experts:
+        return [("experts", f"need top_k={text.top_k} <= experts <= {text.num_experts}")]
+    return []
 
 
 def _train_config(ctx, knobs: dict, mode: str) -> DistillConfig:
@@ -67,13 +88,13 @@ def _train_config(ctx, knobs: dict, mode: str) -> DistillConfig:
 
 
 def run(ctx) -> list[dict]:
-    knobs = _knobs(ctx)
+    knobs = ctx.spec["distillation"]
     tcfg = ctx.text_cfg
     data = ctx.calibration() if knobs["train_set"] == "calibration" else ctx.thinker_eval()
     counts = None
     if knobs["expert_choice"] == "usage":
         counts = ctx.router_counts(eval_set=ctx.calibration())
-    student0, scfg, info = make_student(ctx.text_params, tcfg, int(knobs["layers"]), int(knobs["experts"]),
+    student0, scfg, info = make_student(ctx.text_params, tcfg, knobs["layers"], knobs["experts"],
                                         knobs["expert_choice"], counts)
     base = ctx.evaluate_thinker()
     common = dict(student_layers=scfg.num_layers, student_experts=scfg.num_experts)
@@ -115,7 +136,7 @@ def run(ctx) -> list[dict]:
             saved = save_student(ctx.checkpoint, out, ctx.params, trainer.params, scfg, knobs["formats"],
                                  dtype=knobs["checkpoint_dtype"] or None, note={"experiment": ctx.spec.get("name"),
                                                                                 "mode": mode, **info})
-            row.update({f"checkpoint_{fmt}": str(d) for fmt, d in saved["paths"].items()},
+            row.update({f"checkpoint_{fmt}": str(ctx.final_path(d)) for fmt, d in saved["paths"].items()},
                        checkpoint_has_talker=saved["has_talker"])
         rows.append(row)
     ctx.save_figure(plot_loss_curves(histories, f"distillation: {tcfg.num_layers}→{scfg.num_layers} layers, "

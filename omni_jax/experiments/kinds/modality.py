@@ -18,11 +18,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax.experiments.schema import ExistingPath, ListOf, Str
 from omni_jax.models import thinker_text
 from omni_jax.models.decoder import StackOptions
 
-DEFAULTS = {"images": [], "audios": [], "questions": ["What do you see and hear?", "Describe this.",
-                                                      "What is shown here?"]}
+TABLES = ()
+SCHEMA = {
+    "images": ListOf([], "image files; [] = the demo's synthetic picture", item=ExistingPath("")),
+    "audios": ListOf([], "audio files; [] = the demo's synthetic chirp", item=ExistingPath("")),
+    "questions": ListOf(["What do you see and hear?", "Describe this.", "What is shown here?"],
+                        item=Str(None, nonempty=True), min_len=1),
+}
 
 
 def prompt_set(ctx, knobs) -> list[list[dict]]:
@@ -91,8 +97,7 @@ def run(ctx) -> list[dict]:
     from omni_jax.models.thinker import prepare_prompt
     from omni_jax.processing.multimodal import MediaOptions, MultimodalProcessor
 
-    knobs = {**DEFAULTS, **ctx.spec.get("modality", {})}
-    ctx.spec["modality"] = knobs
+    knobs = ctx.spec["modality"]
     cfg = ctx.cfg
     tcfg = cfg.thinker.text
     processor = MultimodalProcessor.from_dir(ctx.checkpoint, cfg)

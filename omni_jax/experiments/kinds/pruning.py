@@ -30,26 +30,37 @@ import json
 import jax
 import numpy as np
 
-from omni_jax.experiments.pruning import (PruningError, masked_options, prune_thinker, resolve_keep, save_pruned,
-                                          select_experts)
+from omni_jax.experiments.pruning import (FORMATS, PruningError, masked_options, prune_thinker, resolve_keep,
+                                          save_pruned, select_experts)
+from omni_jax.experiments.schema import Bool, Choice, Either, Float, Int, ListOf
 from omni_jax.experiments.surgery import keep_experts
 
-DEFAULTS = {"keep": [0.75, 0.5], "sliced_variant": True, "mask_variant": True, "write_checkpoints": False, "formats": ["hf", "orbax"],
-            "checkpoint_dtype": ""}
+TABLES = ("eval", "calibration")
+SCHEMA = {
+    "keep": ListOf([0.75, 0.5], "ints: experts kept per layer; floats in (0, 1]: fractions of num_experts",
+                   item=Either(None, fields=(Int(None, min=1), Float(None, min=0.0, max=1.0, min_open=True)),
+                               what="an expert count or a fraction"), min_len=1),
+    "sliced_variant": Bool(True),
+    "mask_variant": Bool(True),
+    "write_checkpoints": Bool(False),
+    "formats": ListOf(list(FORMATS), item=Choice(None, choices=FORMATS), min_len=1),
+    "checkpoint_dtype": Choice("", "\"\" = the run's dtype", choices=("", "float32", "bfloat16", "float16")),
+}
 
 
-def _knobs(ctx) -> dict:
-    knobs = {**DEFAULTS, **ctx.spec.get("pruning", {})}
-    ctx.spec["pruning"] = knobs
-    if not isinstance(knobs["keep"], list) or not knobs["keep"]:
-        raise PruningError(f"[pruning] keep = {knobs['keep']!r}: a non-empty list of counts or fractions")
-    if not set(knobs["formats"]) <= {"hf", "orbax"} or not knobs["formats"]:
-        raise PruningError(f"[pruning] formats = {knobs['formats']!r}: choose from hf, orbax")
-    return knobs
+def check(knobs: dict, cfg) -> list[tuple[str, str]]:
+    """Problems only the checkpoint's config reveals: (key, message)."""
+    text = cfg.thinker.text
+    for v in knobs["keep"]:
+        try:
+            resolve_keep(v, text.num_experts, text.top_k)
+        except PruningError as e:
+            return [("keep", str(e))]
+    return []
 
 
 def run(ctx) -> list[dict]:
-    knobs = _knobs(ctx)
+    knobs = ctx.spec["pruning"]
     cfg = ctx.text_cfg
     e, k = cfg.num_experts, cfg.top_k
     keeps = list(dict.fromkeys(resolve_keep(v, e, k) for v in knobs["keep"]))  # in order, duplicates once
@@ -99,7 +110,7 @@ def _write(ctx, knobs: dict, keep: np.ndarray, m: int, counts: np.ndarray) -> di
     out = ctx.artifact_dir("pruned") / f"keep_{m}"
     dirs = save_pruned(params, cfg, ctx.checkpoint, out, knobs["formats"], kept={"thinker": keep},
                        dtype=knobs["checkpoint_dtype"] or ctx.dtype, note=note)
-    return {f"checkpoint_{fmt}": str(d) for fmt, d in dirs.items()}
+    return {f"checkpoint_{fmt}": str(ctx.final_path(d)) for fmt, d in dirs.items()}
 
 
 def plot(ctx, counts: np.ndarray, keeps: list[int], rows: list[dict]) -> None:

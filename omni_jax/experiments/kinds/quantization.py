@@ -22,27 +22,34 @@ import math
 
 import jax.numpy as jnp
 
+from omni_jax.experiments.schema import Choice, Int, ListOf
 from omni_jax.quant import expert_param_bytes, expert_weight_error, quantize_experts
-from omni_jax.quant.weights import QuantizationError
+from omni_jax.quant.weights import QuantizationError, check_quantizable
 
-DEFAULTS = {"bits": [8, 4], "group_size": 128, "scale_dtype": "float32", "stacks": ["thinker"],
-            "talker_prompts": 2, "talker_frames": 12}
 SCALE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TABLES = ("eval",)
+SCHEMA = {
+    "bits": ListOf([8, 4], item=Int(None, choices=(8, 4)), min_len=1),
+    "group_size": Int(128, "input rows per scale", min=1),
+    "scale_dtype": Choice("float32", choices=tuple(SCALE_DTYPES)),
+    "stacks": ListOf(["thinker"], item=Choice(None, choices=("thinker", "talker")), min_len=1),
+    "talker_prompts": Int(2, min=1),
+    "talker_frames": Int(12, min=1),
+}
 
 
-def _knobs(ctx) -> dict:
-    knobs = {**DEFAULTS, **ctx.spec.get("quantization", {})}
-    ctx.spec["quantization"] = knobs
-    bits = [int(b) for b in knobs["bits"]]
-    if any(b not in (4, 8) for b in bits):
-        raise QuantizationError(f"[quantization] bits = {bits}: only 8 and 4 are supported")
-    if knobs["scale_dtype"] not in SCALE_DTYPES:
-        raise QuantizationError(f"[quantization] scale_dtype = {knobs['scale_dtype']!r}: "
-                                f"choose from {', '.join(SCALE_DTYPES)}")
-    stacks = list(knobs["stacks"])
-    if not set(stacks) <= {"thinker", "talker"}:
-        raise QuantizationError(f"[quantization] stacks = {stacks}: choose from thinker, talker")
-    return dict(knobs, bits=bits, stacks=stacks, group_size=int(knobs["group_size"]))
+def check(knobs: dict, cfg) -> list[tuple[str, str]]:
+    """Problems only the checkpoint's config reveals: (key, message)."""
+    texts = [cfg.thinker.text] + ([cfg.talker.text] if "talker" in knobs["stacks"] and cfg.has_talker else [])
+    for text in texts:
+        h, i = text.hidden_size, text.moe_intermediate_size
+        for bits in knobs["bits"]:
+            for shape in ((h, 2 * i), (i, h)):  # gate_up [in, out], down [in, out] of one expert
+                try:
+                    check_quantizable(shape, bits, knobs["group_size"])
+                except QuantizationError as e:
+                    return [("group_size", str(e))]
+    return []
 
 
 def _num_expert_weights(text_params: dict) -> int:
@@ -62,7 +69,7 @@ def _memory_columns(fp: dict, q: dict, bits, base_metrics: dict | None, metrics:
 
 
 def run(ctx) -> list[dict]:
-    knobs = _knobs(ctx)
+    knobs = ctx.spec["quantization"]
     group, scale_dtype = knobs["group_size"], SCALE_DTYPES[knobs["scale_dtype"]]
     rows = []
     if "thinker" in knobs["stacks"]:
@@ -85,7 +92,7 @@ def run(ctx) -> list[dict]:
 def _talker_rows(ctx, knobs, group, scale_dtype) -> list[dict]:
     from omni_jax.experiments.talker_eval import TalkerEval
 
-    tev = TalkerEval.build(ctx, int(knobs["talker_prompts"]), int(knobs["talker_frames"]))
+    tev = TalkerEval.build(ctx, knobs["talker_prompts"], knobs["talker_frames"])
     opts = _talker_opts(ctx)
     fp = ctx.params["talker"]
     base = tev.evaluate(opts)

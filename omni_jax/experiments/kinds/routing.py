@@ -10,20 +10,26 @@ and ``talker_frames`` (how many eval texts are spoken, and frames per text, for 
 from __future__ import annotations
 
 from omni_jax.experiments.routing_calibration import match_top_p, router_probs
+from omni_jax.experiments.schema import Bool, Int, ListOf
 from omni_jax.models.decoder import StackOptions
 from omni_jax.moe import RoutingConfig
 
-DEFAULTS = {"thinker_top_k": [8, 6, 4, 2], "top_p_matched": True, "talker_top_k": [6, 4, 2],
-            "talker_prompts": 2, "talker_frames": 12}
+TABLES = ("eval",)
+SCHEMA = {
+    "thinker_top_k": ListOf([8, 6, 4, 2], "values above num_experts are skipped", item=Int(None, min=1)),
+    "top_p_matched": Bool(True),
+    "talker_top_k": ListOf([6, 4, 2], "[] skips the Talker", item=Int(None, min=1)),
+    "talker_prompts": Int(2, min=1),
+    "talker_frames": Int(12, min=1),
+}
 
 
 def run(ctx) -> list[dict]:
-    knobs = {**DEFAULTS, **ctx.spec.get("routing", {})}
-    ctx.spec["routing"] = knobs
+    knobs = ctx.spec["routing"]
     cfg = ctx.text_cfg
     base = RoutingConfig.from_text_config(cfg)
     rows = []
-    ks = [int(k) for k in knobs["thinker_top_k"] if 1 <= int(k) <= cfg.num_experts]
+    ks = [k for k in knobs["thinker_top_k"] if k <= cfg.num_experts]
     variants = [("thinker", f"top-{cfg.top_k} (reference)", base, cfg.top_k, None)]
     variants += [("thinker", f"top-{k}", base.replace(top_k=k), k, None) for k in ks if k != cfg.top_k]
     cap = max(ks, default=cfg.top_k)
@@ -37,11 +43,11 @@ def run(ctx) -> list[dict]:
         m = ctx.evaluate_thinker(opts=StackOptions.uniform(cfg, routing))
         rows.append({"variant": name, "stack": stack, "top_k": routing.top_k, "top_p": p,
                      "target_experts": target, **m})
-    talker_ks = [int(k) for k in knobs["talker_top_k"]]
+    talker_ks = knobs["talker_top_k"]
     if talker_ks and ctx.cfg.has_talker:
         from omni_jax.experiments.talker_eval import TalkerEval
 
-        tev = TalkerEval.build(ctx, int(knobs["talker_prompts"]), int(knobs["talker_frames"]))
+        tev = TalkerEval.build(ctx, knobs["talker_prompts"], knobs["talker_frames"])
         tcfg = ctx.cfg.talker.text
         tbase = RoutingConfig.from_text_config(tcfg)
         tvariants = [(f"talker top-{tcfg.top_k} (reference)", tbase)]
