@@ -265,14 +265,16 @@ class OmniModel:
 
     def _run_steps(self, request: PreparedRequest, on_text, on_audio) -> list[GenerationResult]:
         """The streaming engines: one jitted step per token and per frame, text and audio handed out as made."""
+        from omni_jax.generation.ahead import discard
         from omni_jax.generation.thinker_engine import ThinkerEngine
 
         o = request.options
         t_start = time.perf_counter()
         t_text = t_audio = None
-        prompt = self.encode(request)
         thinker_opts, talker_opts = self.stack_options(request)
         engine = ThinkerEngine(self.cfg, self.params["thinker"]["text"], thinker_opts)
+        self._compile_ahead(request, engine, talker_opts)
+        prompt = self.encode(request)
         eos = {self.cfg.im_end_token_id}
         n = prompt.batch
         ids: list[list[int]] = [[] for _ in range(n)]
@@ -312,7 +314,7 @@ class OmniModel:
             for event in speak_stream(self.cfg, self.params, records, prompt, speaker=o.speaker,
                                       talker_sampling=o.talker_sampling or TalkerSampling(), seed=o.seed,
                                       max_frames=o.max_speech_frames, chunk_size=o.audio_chunk_frames,
-                                      talker_opts=talker_opts):
+                                      talker_opts=talker_opts, max_new_tokens=o.max_new_tokens):
                 if event["type"] == "audio":
                     if t_audio is None:
                         t_audio = time.perf_counter() - t_start
@@ -327,12 +329,32 @@ class OmniModel:
             counts.talker = sum((np.asarray(s.counts, np.int64) for s in res.stats),
                                 np.zeros((t.num_layers, t.num_experts), np.int64))
             counts.talker_steps = len(res.stats)
+        discard()  # jobs this call did not need (it stopped early)
         timing = {"time_to_first_token_s": t_text, "time_to_first_audio_s": t_audio, "thinker_s": t_thinker,
                   "total_s": time.perf_counter() - t_start}
         for r in results:
             r.router, r.router_counts = counts, counts.total
             r.extras.update(timing)
         return results
+
+    def _compile_ahead(self, request: PreparedRequest, engine, talker_opts) -> None:
+        """Compile the programs that run after the Thinker's prefill on a background thread, while this one
+        encodes the media and compiles and runs the prefill (``omni_jax.generation.ahead``)."""
+        from omni_jax.generation.ahead import compile_ahead
+        from omni_jax.models.thinker import prepared_prompt_shape
+
+        o = request.options
+        sampling = o.thinker_sampling or SamplingConfig.greedy()
+        shape = prepared_prompt_shape(self.params["thinker"], self.cfg, request.batch)
+        jobs = engine.compile_ahead_jobs(shape, o.max_new_tokens, sampling) if o.max_new_tokens > 1 else []
+        if request.speech and o.max_speech_frames > 0:
+            from omni_jax.generation.speech import speech_compile_ahead_jobs
+            from omni_jax.generation.talker_engine import TalkerSampling
+
+            jobs += speech_compile_ahead_jobs(self.cfg, self.params, shape, request.speaker_id, o.max_new_tokens,
+                                              o.talker_sampling or TalkerSampling(), o.seed, o.max_speech_frames,
+                                              talker_opts, o.audio_chunk_frames)
+        compile_ahead(jobs)
 
     def _run_fused(self, request: PreparedRequest, on_text, on_audio) -> list[GenerationResult]:
         """The whole generation as one jitted program (``omni_jax.generation.fused``)."""

@@ -26,8 +26,8 @@ import numpy as np
 from omni_jax.config import OmniConfig
 from omni_jax.generation.sampling import SamplingConfig
 from omni_jax.generation.talker_engine import TalkerSampling, frame_loop, talker_prefill
-from omni_jax.generation.talker_prompt import (GEN_BUCKET, TRAILING_BUCKET, TalkerMedia, TalkerPlan,
-                                               assemble_talker_prompt, plan_talker_prompt)
+from omni_jax.generation.talker_prompt import (TalkerMedia, TalkerPlan, assemble_talker_prompt, plan_talker_prompt,
+                                               text_widths)
 from omni_jax.generation.thinker_engine import CACHE_BUCKET, cache_size_for
 from omni_jax.generation.thinker_steps import decode_loop, thinker_prefill
 from omni_jax.models import omni, thinker_text
@@ -42,7 +42,8 @@ class FusedResult:
     codes: list[np.ndarray] | None  # per row [frames, 16]
     wavs: list[np.ndarray] | None  # per row float32
     sample_rate: int = 24_000
-    router_counts: dict | None = None  # {"prompt", "generated"[, "talker"]}: [layers, experts] over the batch
+    router_counts: dict | None = None  # [layers, experts] over the batch: Thinker "prompt" (prefill) and
+    #                                    "generated" (decode steps), "talker" (frame steps) when it spoke
 
 
 def _gen_lengths(buf, n_records, eos_ids):
@@ -86,22 +87,21 @@ def fused_generate(params, cfg: OmniConfig, thinker_opts: StackOptions, talker_o
         return out
     embeds = first["embeds"]
     gen_len = _gen_lengths(buf, n_records, eos_ids)
-    width = round_up(max(n_new - 1, 1), GEN_BUCKET)
+    width, t_width = text_widths(n_new)
     gen_embeds = thinker_text.embed_tokens(text, jnp.maximum(buf.T, 0))  # g1, g2, ... (only fed ones are read)
     gen_embeds = jnp.pad(gen_embeds, ((0, 0), (0, width - n_new if width > n_new else 0), (0, 0)))[:, :width]
     t_plan = TalkerPlan(**plan)
-    t_width = round_up(max(n_new, 1), TRAILING_BUCKET)
     tap = first["hidden_states"][f"tap_{cfg.talker.accept_hidden_layer - 1}"] if has_mm else None
     t_embeds, trailing, pad = assemble_talker_prompt(t_plan, params["talker"], text["embed"], embeds, tap,
                                                      gen_embeds, gen_len, t_width, has_mm=has_mm)
     trail_len = jnp.maximum(gen_len - 1, 1).astype(jnp.int32)
     next_position = (t_plan.position_ids[0, :, -1] + 1).astype(jnp.float32)
-    t_state, t_stats = talker_prefill(params["talker"], cfg.talker, talker_opts, talker_sampling, talker_cache_size,
+    t_state, _ = talker_prefill(params["talker"], cfg.talker, talker_opts, talker_sampling, talker_cache_size,
                                       t_embeds, t_plan.position_ids, t_plan.mask, talker_seeds)
     frames, valid, t_counts = frame_loop(params["talker"], cfg.talker, talker_opts, talker_sampling, t_state,
                                          max_frames, next_position, trailing, trail_len, pad, talker_seeds)
     codes = jnp.transpose(frames, (1, 2, 0))  # [B, Q, F]
-    out.update(frames=frames, valid=valid, talker_counts=t_stats.counts + t_counts,
+    out.update(frames=frames, valid=valid, talker_counts=t_counts,  # the frames' (as the streaming engine's)
                chunks=_code2wav_chunks(params["code2wav"], codes, cfg.code2wav, chunk_size, left_context))
     return out
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+import jax
 import numpy as np
 
 from omni_jax.errors import UsageError
 from omni_jax.config import OmniConfig
+from omni_jax.generation.ahead import wait_for
 from omni_jax.generation.talker_engine import FrameRecord, TalkerEngine, TalkerSampling
-from omni_jax.generation.talker_prompt import TalkerMedia, build_talker_prompt
+from omni_jax.generation.talker_prompt import (TalkerMedia, build_talker_prompt, compile_talker_prompt,
+                                               plan_talker_prompt)
 from omni_jax.models.code2wav import chunked_decode
 from omni_jax.models.decoder import StackOptions
 
@@ -134,21 +137,72 @@ def decode_rows(code2wav_params: dict, cfg: OmniConfig, codes: Sequence[np.ndarr
     return wavs
 
 
+def _media(prompt, media) -> TalkerMedia:
+    if media is not None:
+        return media
+    extras = getattr(prompt, "extras", None) or {}
+    return TalkerMedia.from_source(extras.get("media", extras))  # prepare_prompt keeps the batch there
+
+
 def _talker_frames(cfg: OmniConfig, model_params: dict, thinker_records: Sequence, prompt, speaker: str,
                    talker_sampling: TalkerSampling, seed, max_frames: int, thinker_eos_ids, media,
-                   talker_opts) -> tuple[int, Iterator[FrameRecord]]:
+                   talker_opts, max_new_tokens: int | None = None) -> tuple[int, Iterator[FrameRecord]]:
     """(batch size, the talker's FrameRecord stream) for what the Thinker generated."""
     if not cfg.has_talker:
         raise NoTalkerError("this checkpoint has no talker/code2wav: it cannot produce speech")
     sid = speaker_id(cfg, speaker)
     eos = [cfg.im_end_token_id] if thinker_eos_ids is None else list(thinker_eos_ids)
-    if media is None:
-        extras = getattr(prompt, "extras", None) or {}
-        media = TalkerMedia.from_source(extras.get("media", extras))  # prepare_prompt keeps the batch there
+    wait_for("talker_prompt")
     tp = build_talker_prompt(cfg, model_params["talker"], model_params["thinker"]["text"]["embed"],
-                             thinker_records, prompt.input_ids, prompt.attention_mask, sid, eos, media)
+                             thinker_records, prompt.input_ids, prompt.attention_mask, sid, eos, _media(prompt, media),
+                             max_new_tokens=max_new_tokens)
     engine = TalkerEngine(cfg.talker, model_params["talker"], talker_opts)
     return tp.batch, engine.stream(tp, max_frames, talker_sampling, seed)
+
+
+def speech_compile_ahead_jobs(cfg: OmniConfig, model_params: dict, prompt, speaker_id: int, max_new_tokens: int,
+                              talker_sampling: TalkerSampling = TalkerSampling(), seed: int = 0,
+                              max_frames: int = DEFAULT_MAX_FRAMES, talker_opts: StackOptions | None = None,
+                              chunk_size: int = 50, left_context: int = LEFT_CONTEXT,
+                              media: TalkerMedia | None = None) -> list:
+    """Compile-ahead jobs (``omni_jax.generation.ahead``) of the programs ``speak_stream(...,
+    max_new_tokens=max_new_tokens)`` will run after a Thinker run on ``prompt`` (a ``PreparedPrompt``; its
+    ``inputs_embeds`` may be None or a ShapeDtypeStruct): the talker prompt, the Talker's prefill and frame step,
+    and Code2Wav's first window (as wide as ``min(chunk_size, max_frames)`` frames need)."""
+    from omni_jax.models.code2wav import WINDOW_BUCKET, decode_window_jit
+
+    text = model_params["thinker"]["text"]
+    b, p = prompt.input_ids.shape
+    dtype = text["embed"].dtype
+    embeds = jax.ShapeDtypeStruct((b, p, text["embed"].shape[-1]), dtype)
+    plan = plan_talker_prompt(cfg, prompt.input_ids, prompt.attention_mask, speaker_id, _media(prompt, media))
+    engine = TalkerEngine(cfg.talker, model_params["talker"], talker_opts)
+    seeds = list(range(seed, seed + b))
+    found: dict = {}
+
+    def talker_prompt():
+        found["out"] = compile_talker_prompt(plan, model_params["talker"], text["embed"], embeds, embeds,
+                                             max_new_tokens)
+
+    def talker(i):
+        def job():
+            if "jobs" not in found:
+                out, trailing, pad = found["out"]
+                tp = plan.prompt(out, trailing, np.ones(b, np.int32), pad)
+                found["jobs"] = engine.compile_ahead_jobs(tp, max_frames, talker_sampling, seeds)
+            found["jobs"][i][1]()
+
+        return job
+
+    c2w = cfg.code2wav
+    width = min(left_context + chunk_size, -(-max(min(chunk_size, max_frames), 1) // WINDOW_BUCKET) * WINDOW_BUCKET)
+    window = jax.ShapeDtypeStruct((1, c2w.num_quantizers, width), np.int32)
+
+    def code2wav():
+        decode_window_jit.lower(model_params["code2wav"], window, cfg=c2w).compile()
+
+    return [("talker_prompt", talker_prompt), ("talker_prefill", talker(0)), ("talker_frame_step", talker(1)),
+            ("decode_window", code2wav)]
 
 
 def _codes(frames: list[list[np.ndarray]], g: int) -> list[np.ndarray]:
@@ -187,15 +241,17 @@ def speak_stream(cfg: OmniConfig, model_params: dict, thinker_records: Sequence,
                  talker_sampling: TalkerSampling = TalkerSampling(), seed: int | Sequence[int] = 0,
                  max_frames: int = DEFAULT_MAX_FRAMES, thinker_eos_ids: Sequence[int] | None = None,
                  media: TalkerMedia | None = None, talker_opts: StackOptions | None = None,
-                 chunk_size: int = 50, left_context: int = LEFT_CONTEXT) -> Iterator[dict]:
+                 chunk_size: int = 50, left_context: int = LEFT_CONTEXT,
+                 max_new_tokens: int | None = None) -> Iterator[dict]:
     """``speak`` as a stream: ``{"type": "audio", "row": b, "wav": piece}`` as soon as ``chunk_size`` new frames
     of row b are decodable (each row has its own ``Code2WavStreamer``), then ``{"type": "speech", "result":
     SpeechResult}``. A row's pieces concatenate to ``chunked_decode(codes, chunk_size, left_context)``
-    (with ``chunk_size=300`` that is exactly ``speak``'s waveform, HF's default)."""
+    (with ``chunk_size=300`` that is exactly ``speak``'s waveform, HF's default). max_new_tokens: the Thinker's
+    token budget (the talker prompt's shapes then depend on it alone, see ``build_talker_prompt``)."""
     from omni_jax.models.code2wav import Code2WavStreamer
 
     batch, records = _talker_frames(cfg, model_params, thinker_records, prompt, speaker, talker_sampling, seed,
-                                    max_frames, thinker_eos_ids, media, talker_opts)
+                                    max_frames, thinker_eos_ids, media, talker_opts, max_new_tokens)
     c2w = model_params["code2wav"]
     streamers = [Code2WavStreamer(c2w, cfg.code2wav, chunk_size, left_context) for _ in range(batch)]
     frames: list[list[np.ndarray]] = [[] for _ in range(batch)]
@@ -203,11 +259,14 @@ def speak_stream(cfg: OmniConfig, model_params: dict, thinker_records: Sequence,
     stats = []
     for rec in records:
         stats.append(rec.stats)
+        if len(stats) == min(chunk_size, max_frames):
+            wait_for("decode_window")
         for i in np.nonzero(rec.valid)[0]:
             frames[i].append(rec.frames[i])
             for piece in streamers[i].push(np.asarray(rec.frames[i], np.int32)[None, :, None]):
                 pieces[i].append(piece[0])
                 yield {"type": "audio", "row": int(i), "wav": np.asarray(piece[0], np.float32)}
+    wait_for("decode_window")
     for i, st in enumerate(streamers):
         if frames[i]:
             for piece in st.flush():

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.config import TalkerConfig
+from omni_jax.generation.ahead import wait_for
 from omni_jax.generation.sampling import SamplingConfig, sample
 from omni_jax.generation.talker_prompt import TalkerPrompt
 from omni_jax.generation.thinker_engine import CACHE_BUCKET
@@ -216,20 +217,44 @@ class TalkerEngine:
         if max_frames < 0:
             raise ValueError(f"max_frames must be >= 0, got {max_frames}")
         seeds = np.asarray(seeds, np.uint32)
+        wait_for("talker_prefill")
         state, _ = talker_prefill(self.params, self.cfg, self.opts, sampling,
                                   self.cache_size(prompt.length, max_frames), prompt.inputs_embeds,
                                   prompt.position_ids, prompt.attention_mask, seeds)
         eos = self.cfg.codec_eos_token_id
         done = np.asarray(state.c0) == eos
-        for _ in range(max_frames):
+        for s in range(max_frames):
             if done.all():
                 return
+            if s == 0:
+                wait_for("talker_frame_step")
             active = ~done
             state, frame, stats, x = talker_frame_step(
                 self.params, self.cfg, self.opts, sampling, state, active, prompt.next_position,
                 prompt.trailing_text, prompt.trailing_lengths, prompt.tts_pad_embed, seeds)
             yield FrameRecord(np.asarray(frame), active, stats, x)
             done |= np.asarray(state.c0) == eos
+
+    def compile_ahead_jobs(self, prompt: TalkerPrompt, max_frames: int, sampling: TalkerSampling,
+                           seeds: Sequence[int]) -> list:
+        """The compile-ahead jobs (``omni_jax.generation.ahead``) of the prefill and the frame step ``stream``
+        will run for a prompt like ``prompt`` (its device arrays may be ShapeDtypeStructs)."""
+        seeds = np.asarray(seeds, np.uint32)
+        cache_size = self.cache_size(prompt.length, max_frames)
+        args = (prompt.inputs_embeds, prompt.position_ids, prompt.attention_mask, seeds)
+
+        def prefill():
+            talker_prefill.lower(self.params, self.cfg, self.opts, sampling, cache_size, *args).compile()
+
+        def step():
+            state, _ = jax.eval_shape(
+                lambda *a: talker_prefill(self.params, self.cfg, self.opts, sampling, cache_size, *a), *args)
+            active = np.ones(prompt.batch, bool)
+            talker_frame_step.lower(self.params, self.cfg, self.opts, sampling, state, active, prompt.next_position,
+                                    prompt.trailing_text, prompt.trailing_lengths, prompt.tts_pad_embed,
+                                    seeds).compile()
+
+        return [("talker_prefill", prefill), ("talker_frame_step", step)]
 
     def generate(self, prompt: TalkerPrompt, max_frames: int, sampling: TalkerSampling = TalkerSampling(),
                  seeds: Sequence[int] | int = 0) -> list[np.ndarray]:

@@ -209,17 +209,25 @@ def _assemble(tparams, embed_table, special_ids, codec_ids, prompt_embeds, promp
     return embeds, trailing, pad.astype(dtype)
 
 
+def text_widths(max_new_tokens: int) -> tuple[int, int]:
+    """(generated-embedding width, trailing-text width) of the talker prompt of a Thinker run of at most
+    ``max_new_tokens`` tokens: bucketed, and known before the Thinker runs."""
+    return round_up(max(max_new_tokens - 1, 1), GEN_BUCKET), round_up(max(max_new_tokens, 1), TRAILING_BUCKET)
+
+
 def build_talker_prompt(cfg: OmniConfig, talker_params: dict, thinker_embed_table: jax.Array, records: Sequence,
                         input_ids: np.ndarray, attention_mask: np.ndarray, speaker_id: int,
                         thinker_eos_ids: Sequence[int], media: TalkerMedia | None = None,
-                        bucket: int = PROMPT_BUCKET) -> TalkerPrompt:
+                        bucket: int = PROMPT_BUCKET, max_new_tokens: int | None = None) -> TalkerPrompt:
     """Build the talker batch from the Thinker's ``StepRecord``s.
 
     records: what ``ThinkerEngine.stream`` yielded with the tap ``accept_hidden_layer - 1`` (record 0 is the
     prefill: ``embeds``/``taps`` [B, P, Hth] over the prompt; record k >= 1: ``embeds`` [B, 1, Hth] of token
     k-1). input_ids / attention_mask: the Thinker prompt (left-padded) the records came from.
     thinker_embed_table: the Thinker's token embedding [V, Hth] (for tts_pad / tts_bos / tts_eos).
-    Index bookkeeping runs on the host; the projections in one jitted function whose shapes are bucketed.
+    Index bookkeeping runs on the host; the projections in one jitted function whose shapes are bucketed: by
+    ``text_widths(max_new_tokens)`` when the Thinker's token budget is given (the shapes are then known before
+    it runs), else by the number of records.
     """
     t = cfg.talker
     if not records:
@@ -240,11 +248,14 @@ def build_talker_prompt(cfg: OmniConfig, talker_params: dict, thinker_embed_tabl
     # generated tokens' embeddings (records 1..), host-concatenated and padded to a bucket
     steps = len(records) - 1
     hth = prompt_embeds.shape[-1]
-    gen_embeds = np.zeros((b, round_up(max(steps, 1), GEN_BUCKET), hth), prompt_embeds.dtype)
+    trail_len = np.maximum(gen - 1, 1).astype(np.int32)  # g2 .. g_{n-1} (n - 2 entries) + Eos
+    if max_new_tokens is not None and steps < max_new_tokens:
+        g_width, t_width = text_widths(max_new_tokens)
+    else:
+        g_width, t_width = round_up(max(steps, 1), GEN_BUCKET), round_up(int(trail_len.max()), TRAILING_BUCKET)
+    gen_embeds = np.zeros((b, g_width, hth), prompt_embeds.dtype)
     if steps:
         gen_embeds[:, :steps] = np.concatenate([np.asarray(r.embeds) for r in records[1:]], axis=1)
-    trail_len = np.maximum(gen - 1, 1).astype(np.int32)  # g2 .. g_{n-1} (n - 2 entries) + Eos
-    t_width = round_up(int(trail_len.max()), TRAILING_BUCKET)
     embeds, trailing, pad = assemble_talker_prompt(plan, talker_params, thinker_embed_table, prompt_embeds,
                                                    records[0].taps[tap_key] if plan.has_mm else None, gen_embeds,
                                                    gen.astype(np.int32), t_width)
@@ -304,6 +315,27 @@ def plan_talker_prompt(cfg: OmniConfig, input_ids: np.ndarray, attention_mask: n
     return TalkerPlan(cols, valid, mm, head_cols, ids, mask, pos, special_ids, codec_ids)
 
 
+def compile_talker_prompt(plan: TalkerPlan, talker_params: dict, thinker_embed_table, prompt_embeds, prompt_hidden,
+                          max_new_tokens: int):
+    """Compile, before the Thinker has run, the talker-prompt program ``build_talker_prompt(...,
+    max_new_tokens=max_new_tokens)`` will run for ``plan``; prompt_embeds / prompt_hidden (the prefill's input
+    embeddings and tapped states, None without multimodal positions) may be ShapeDtypeStructs. Returns the
+    ShapeDtypeStructs of its outputs (embeds, trailing, tts_pad)."""
+    g_width, t_width = text_widths(max_new_tokens)
+    b = plan.cols.shape[0]
+    gen = jax.ShapeDtypeStruct((b, g_width, prompt_embeds.shape[-1]), prompt_embeds.dtype)
+    rows = jax.ShapeDtypeStruct((b,), np.int32)
+    lowered = _assemble.lower(talker_params, thinker_embed_table, plan.special_ids, plan.codec_ids, prompt_embeds,
+                              prompt_hidden if plan.has_mm else None, gen, plan.cols, plan.valid, plan.mm,
+                              plan.head_cols, rows, _trail_src(t_width, g_width), rows, has_mm=plan.has_mm)
+    lowered.compile()
+    return lowered.out_info
+
+
+def _trail_src(t_width: int, gen_width: int) -> np.ndarray:
+    return np.clip(np.arange(t_width) + 1, 0, gen_width - 1).astype(np.int32)
+
+
 def assemble_talker_prompt(plan: TalkerPlan, talker_params: dict, thinker_embed_table, prompt_embeds, prompt_hidden,
                            gen_embeds, gen_len, t_width: int, has_mm: bool | None = None):
     """(embeds [B, W + 9, H], trailing [B, t_width, H], tts_pad [H]); traceable (works inside jit).
@@ -313,7 +345,7 @@ def assemble_talker_prompt(plan: TalkerPlan, talker_params: dict, thinker_embed_
     arrays are traced)."""
     has_mm = plan.has_mm if has_mm is None else has_mm
     trail_len = (gen_len - 1).clip(1).astype("int32")  # host or traced, like gen_len
-    trail_src = np.clip(np.arange(t_width) + 1, 0, gen_embeds.shape[1] - 1).astype(np.int32)
+    trail_src = _trail_src(t_width, gen_embeds.shape[1])
     return _assemble(talker_params, thinker_embed_table, plan.special_ids, plan.codec_ids, prompt_embeds,
                      prompt_hidden, gen_embeds, plan.cols, plan.valid, plan.mm, plan.head_cols, gen_len, trail_src,
                      trail_len, has_mm=has_mm)

@@ -19,6 +19,7 @@ import numpy as np
 
 from omni_jax.errors import UsageError
 from omni_jax.config import OmniConfig, TextConfig
+from omni_jax.generation.ahead import wait_for
 from omni_jax.generation.sampling import SamplingConfig
 from omni_jax.generation.thinker_steps import thinker_decode_step, thinker_prefill
 from omni_jax.models import thinker_text
@@ -82,7 +83,26 @@ class ThinkerEngine:
             done |= np.isin(host_tokens, eos)
             if done.all() or step == max_new_tokens - 1:
                 return
+            if step == 0:
+                wait_for("thinker_decode_step")
             state, out = thinker_decode_step(self.params, self.text_cfg, step_opts, sampling, state)
+
+    def compile_ahead_jobs(self, prompt: PreparedPrompt, max_new_tokens: int, sampling: SamplingConfig,
+                           opts: StackOptions | None = None) -> list:
+        """The compile-ahead job (``omni_jax.generation.ahead``) of the decode step ``stream`` will run for a prompt
+        like ``prompt`` (``inputs_embeds`` / ``deepstack`` may be ShapeDtypeStructs)."""
+        opts = opts or self.opts
+        cache_size = self.cache_size(prompt.length, max_new_tokens)
+
+        def job():
+            state, _ = jax.eval_shape(
+                lambda *a: thinker_prefill(self.params, self.text_cfg, opts, sampling, cache_size, *a),
+                prompt.input_ids, prompt.attention_mask, prompt.position_ids, prompt.rope_deltas, np.uint32(0),
+                prompt.inputs_embeds, prompt.deepstack)
+            thinker_decode_step.lower(self.params, self.text_cfg, dataclasses.replace(opts, taps=()), sampling,
+                                      state).compile()
+
+        return [("thinker_decode_step", job)]
 
     def generate(self, prompt: PreparedPrompt, max_new_tokens: int, sampling: SamplingConfig, eos_ids: set[int],
                  seed: int = 0, on_tokens: Callable[[np.ndarray], None] | None = None,

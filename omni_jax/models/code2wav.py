@@ -302,7 +302,7 @@ def decode_window(params: dict, window: jax.Array, cfg: Code2WavConfig) -> jax.A
     return decode(params, window, cfg)
 
 
-_decode_window_jit = jax.jit(decode_window, static_argnames=("cfg",))
+decode_window_jit = jax.jit(decode_window, static_argnames=("cfg",))
 WINDOW_BUCKET = 32  # frames: short windows are padded to a multiple of this (at most left_context + chunk_size)
 
 
@@ -336,7 +336,7 @@ class Code2WavStreamer:
         size = min(self.left_context + self.chunk_size, -(-window.shape[-1] // WINDOW_BUCKET) * WINDOW_BUCKET)
         pad = size - window.shape[-1]
         window = np.pad(window, ((0, 0), (0, 0), (0, pad)))
-        wav = np.asarray(_decode_window_jit(self.params, jnp.asarray(window, jnp.int32), cfg=self.cfg))
+        wav = np.asarray(decode_window_jit(self.params, jnp.asarray(window, jnp.int32), cfg=self.cfg))
         self._start = end
         keep_from = max(end - self.left_context, 0)
         self._frames = self._frames[..., keep_from - self._offset:]

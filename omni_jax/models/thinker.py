@@ -52,13 +52,22 @@ def encode_vision(visual_params: dict, pixel_values, grid_thw, cfg: VisionConfig
 
 def encode_audio(audio_params: dict, input_features, feature_attention_mask, cfg: AudioConfig, dtype=jnp.float32):
     """Padded log-mel batch (A, mel, T) + frame mask (A, T) -> packed embeddings (sum tokens, out), HF's order."""
+    out, _, counts = _encode_audio_unpacked(audio_params, input_features, feature_attention_mask, cfg, dtype)
+    return audio_encoder.pack_audio_embeddings(out, counts)
+
+
+def _encode_audio_unpacked(audio_params, input_features, feature_attention_mask, cfg: AudioConfig, dtype):
+    """(encoder output [A, N, out], the row of ``output.reshape(-1, out)`` of every packed token (host), token
+    counts per audio): the packing is left to the merge's gather, so it costs no program of its own."""
     features = np.asarray(input_features, np.float32)
-    counts = np.asarray(feature_attention_mask).sum(-1).astype(np.int64)
+    frames = np.asarray(feature_attention_mask).sum(-1).astype(np.int64)
     t = features.shape[-1]
     padded = np.pad(features, ((0, 0), (0, 0), (0, audio_encoder.bucket_frames(t, cfg) - t)))
-    out = audio_encoder.encode(audio_params, padded, counts.astype(np.int32), cfg=cfg,
-                               dtype=jnp.dtype(dtype))
-    return audio_encoder.pack_audio_embeddings(out, audio_encoder.audio_token_counts(counts, cfg))
+    out = audio_encoder.encode(audio_params, padded, frames.astype(np.int32), cfg=cfg, dtype=jnp.dtype(dtype))
+    counts = np.asarray(audio_encoder.audio_token_counts(frames, cfg), np.int64)
+    n = out.shape[1]
+    rows = np.concatenate([i * n + np.arange(c) for i, c in enumerate(counts)]).astype(np.int32)
+    return out, rows, counts
 
 
 # ------------------------------------------------------------------------------------------ merge
@@ -100,13 +109,14 @@ def merge_embeddings(embed_table, input_ids, media_pieces, media_row, deepstack_
                      dtype=jnp.float32):
     """Token embeddings with media rows spliced in, and the deepstack payload.
 
-    media_pieces: tuple of [n_i, H] (audio, image, video embeddings, in that order); media_row [B, P]: row of their
-    concatenation for each position or -1 (text). deepstack_pieces: (image, video) tuples of L levels [m_i, H];
+    media_pieces: tuple of [..., H] (audio, image, video embeddings, in that order; each flattened to rows);
+    media_row [B, P]: row of their concatenation for each position or -1 (text). deepstack_pieces: (image, video) tuples of L levels [m_i, H];
     deepstack_row [B, P]. Returns (inputs_embeds [B, P, H], deepstack [L, B, P, H] or None: zeros off visual tokens).
     """
     tokens = jnp.take(embed_table, input_ids, axis=0).astype(dtype)
     x = tokens
     if media_pieces:
+        media_pieces = [p.reshape(-1, p.shape[-1]) for p in media_pieces]
         n = sum(p.shape[0] for p in media_pieces)
         media = _concat_rows(media_pieces, 0, dtype, round_up(max(n, 1), MEDIA_ROW_BUCKET))
         rows = jnp.take(media, jnp.maximum(media_row, 0), axis=0)
@@ -130,11 +140,12 @@ def embed_multimodal(params: dict, cfg: OmniConfig, batch, dtype=None) -> tuple[
     embed = params["text"]["embed"]
     dtype = jnp.dtype(dtype or jnp.asarray(embed).dtype)
     pieces, deep_pieces = [], []
-    n_audio = 0
+    n_audio, audio_rows = 0, None
     if getattr(batch, "input_features", None) is not None:
-        audio = encode_audio(params["audio"], batch.input_features, batch.feature_attention_mask, t.audio, dtype)
-        pieces.append(audio)
-        n_audio = audio.shape[0]
+        audio, audio_rows, _ = _encode_audio_unpacked(params["audio"], batch.input_features,
+                                                      batch.feature_attention_mask, t.audio, dtype)
+        pieces.append(audio)  # unpacked [A, N, out]: the merge gathers the packed rows
+        n_audio = len(audio_rows)
     counts = {}
     for kind, pixels, grids in (("image", getattr(batch, "pixel_values", None), getattr(batch, "image_grid_thw", None)),
                                 ("video", getattr(batch, "pixel_values_videos", None),
@@ -148,6 +159,11 @@ def embed_multimodal(params: dict, cfg: OmniConfig, batch, dtype=None) -> tuple[
             deep_pieces.append(deep)
         counts[kind] = emb.shape[0]
     media_row, deep_row = media_layout(batch.input_ids, cfg, n_audio, counts["image"], counts["video"])
+    if n_audio:  # packed audio row k -> its row in the unpacked output; the rows after the audio shift
+        unpacked = audio.shape[0] * audio.shape[1]
+        is_audio = (media_row >= 0) & (media_row < n_audio)
+        media_row = np.where(is_audio, audio_rows[np.clip(media_row, 0, n_audio - 1)],
+                             np.where(media_row >= n_audio, media_row - n_audio + unpacked, media_row)).astype(np.int32)
     return merge_embeddings(embed, np.asarray(batch.input_ids), tuple(pieces), media_row,
                             tuple(deep_pieces),
                             deep_row if deep_pieces else None, dtype=dtype)
@@ -172,6 +188,25 @@ def prepare_prompt(params: dict, cfg: OmniConfig, batch, dtype=None, drop_deepst
                           inputs_embeds=embeds, deepstack=None if drop_deepstack else deepstack,
                           extras={"use_audio_in_video": bool(getattr(batch, "use_audio_in_video", False)),
                                   "media": batch})
+
+
+def prepared_prompt_shape(params: dict, cfg: OmniConfig, batch) -> PreparedPrompt:
+    """What ``prepare_prompt(params, cfg, batch)`` returns, without running the encoders: the host arrays, and
+    ShapeDtypeStructs for the embeddings and the deepstack payload (to compile the later programs ahead)."""
+    ids = np.asarray(batch.input_ids, np.int32)
+    b, p = ids.shape
+    embeds = deepstack = None
+    if has_media(batch):
+        table = params["text"]["embed"]
+        embeds = jax.ShapeDtypeStruct((b, p, table.shape[-1]), table.dtype)
+        v = cfg.thinker.vision
+        levels = len({i for i in v.deepstack_visual_indexes if i < v.depth})
+        visual = any(getattr(batch, k, None) is not None for k in ("pixel_values", "pixel_values_videos"))
+        if levels and visual:
+            deepstack = jax.ShapeDtypeStruct((levels, b, p, table.shape[-1]), table.dtype)
+    return PreparedPrompt(ids, np.asarray(batch.attention_mask, np.int32), np.asarray(batch.position_ids, np.float32),
+                          np.asarray(batch.rope_deltas, np.float32), inputs_embeds=embeds, deepstack=deepstack,
+                          extras={"media": batch})
 
 
 def thinker_logits(params: dict, cfg: OmniConfig, prompt: PreparedPrompt, opts=None) -> jax.Array:
