@@ -138,7 +138,8 @@ def generate_fused(cfg: OmniConfig, params: dict, prompt, max_new_tokens: int, s
         talker_cache = round_up(p.mask.shape[1] + max_frames + 1, CACHE_BUCKET)
     else:
         talker_opts = None
-    out = fused_generate(omni.with_decode_views(params), cfg, thinker_opts, talker_opts, sampling, talker_sampling or TalkerSampling(),
+    params = omni.with_decode_views(params)  # per-layer weights read in place on CPU
+    out = fused_generate(params, cfg, thinker_opts, talker_opts, sampling, talker_sampling or TalkerSampling(),
                          eos, max_new_tokens, max_frames, cache_size, talker_cache, speech, chunk_size, left_context,
                          has_mm, prompt.inputs_embeds, prompt.position_ids, prompt.attention_mask, prompt.deepstack,
                          prompt.input_ids, prompt.rope_deltas, np.uint32(seed), plan,
