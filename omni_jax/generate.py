@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto",
-                   help="auto (default: bfloat16 on GPU / TPU, float32 on CPU), float32 or bfloat16")
+                   help="auto (default: bfloat16 on GPU / TPU, float32 on CPU, where XLA:CPU widens every bf16 "
+                        "weight stack to f32 as a whole on each step), float32 or bfloat16")
     p.add_argument("--mesh", default=None,
                    help="device mesh over axes data, fsdp, tensor, expert, e.g. fsdp=2,expert=4 (absent axes are 1): "
                         "every weight is split by its logical axes, the MoE runs expert-parallel")

@@ -7,6 +7,7 @@ Prints median seconds for both, the ratio HF/JAX, achieved FLOP/s (useful FLOPs:
 chunks) and its share of the measured matmul peak, and the max abs difference of the outputs.
 
     python -m omni_jax.bench audio [--json] [--layers 4] [--seconds 30] [--repeat 2] [--dtypes float32,bfloat16]
+Where the time goes on CPU and what was done about it: docs/performance.md.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Prefill (``--tokens`` tokens) and one decode token. Reported per row: median / m
 active expert work (T·k·3·2·H·I), the decode rows' effective bandwidth (bytes of the k selected experts'
 weights / time), and their share of the machine limits measured in the same run (omni_jax.bench.limits).
 HF: ``Qwen3OmniMoeThinkerTextSparseMoeBlock`` with the same weights, torch threads = 2, eager and grouped_mm.
+Where the time goes on CPU and what was done about it: docs/performance.md.
 """
 
 from __future__ import annotations

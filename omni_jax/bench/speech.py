@@ -12,7 +12,11 @@ Real widths (``CodePredictorConfig()``: 5 layers, hidden 1024, 16/8 heads x 128,
 Also prints the max abs difference between the two outputs (greedy codes: the number of differing codes).
 
     python -m omni_jax.bench speech [--json] [--frames 25] [--repeat 3] [--dtypes float32,bfloat16]
-        [--cp-layers 5] [--c2w-layers 8] [--parts code_predictor,code2wav]
+        [--cp-layers 5] [--c2w-layers 8] [--parts talker,code_predictor,code2wav]
+
+Also the Talker decoder layer (``talker``): one decode step of one real-width layer (x20 = a frame's Talker
+step), HF's figure the faster of its two MoE experts implementations. Every figure is the median of
+``--repeat`` runs. Where the time goes and what was done about it: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def frame_bytes(cfg: CodePredictorConfig, itemsize: int) -> int:
 def bench_code_predictor(args, rows, results):
     import torch
 
-    from omni_jax.models.code_predictor import predict_codes_jit
+    from omni_jax.models.code_predictor import predict_codes_jit, with_layer_views
 
     cfg = dataclasses.replace(CodePredictorConfig(), num_layers=args.cp_layers)
     hf32, params32 = build_code_predictor(cfg)
@@ -112,7 +116,7 @@ def bench_code_predictor(args, rows, results):
     for dtype_name in args.dtypes.split(","):
         jdt, tdt = jnp.dtype(dtype_name), getattr(torch, dtype_name)
         hf = copy.deepcopy(hf32).to(tdt)
-        params = jax.tree.map(lambda a: a.astype(jdt), params32)
+        params = with_layer_views(jax.tree.map(lambda a: a.astype(jdt), params32))  # as the Talker engine runs
         ph, c0 = jnp.asarray(past_hidden, jdt), jnp.asarray(c0_embed, jdt)
         embeds = torch.from_numpy(np.stack([past_hidden, c0_embed], axis=1)).to(tdt)
 
@@ -194,7 +198,7 @@ def build_code2wav(cfg: Code2WavConfig, seed: int = 0):
 def bench_code2wav(args, rows, results):
     import torch
 
-    from omni_jax.models.code2wav import decode_jit, wav_length
+    from omni_jax.models.code2wav import decode_jit, wav_length, with_layer_views
 
     cfg = dataclasses.replace(Code2WavConfig(), num_layers=args.c2w_layers)
     hf32, params32 = build_code2wav(cfg)
@@ -203,7 +207,7 @@ def bench_code2wav(args, rows, results):
     for dtype_name in args.dtypes.split(","):
         jdt, tdt = jnp.dtype(dtype_name), getattr(torch, dtype_name)
         hf = copy.deepcopy(hf32).to(tdt)
-        params = jax.tree.map(lambda a: a.astype(jdt), params32)
+        params = with_layer_views(jax.tree.map(lambda a: a.astype(jdt), params32))  # as the streamer runs
         cj, ct = jnp.asarray(codes, jnp.int32), torch.from_numpy(codes)
         compiled = decode_jit.lower(params, cj, cfg=cfg).compile()
         cost = compiled.cost_analysis()
@@ -236,7 +240,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m omni_jax.bench speech", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--frames", type=int, default=25, help="codec frames for Code2Wav (12.5 per second)")
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per figure (the median is reported)")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--cp-layers", type=int, default=CodePredictorConfig().num_layers)
     ap.add_argument("--c2w-layers", type=int, default=Code2WavConfig().num_layers)

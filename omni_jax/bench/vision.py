@@ -8,6 +8,7 @@ Prints median seconds for both, the ratio HF/JAX, achieved FLOP/s and its share 
     python -m omni_jax.bench vision [--json] [--depth 4] [--repeat 1] [--dtypes float32,bfloat16]
 
 The first (untimed) call of each side is the compile / warm-up run and gives the max |diff| column.
+Where the time goes on CPU and what was done about it: docs/performance.md.
 """
 
 from __future__ import annotations

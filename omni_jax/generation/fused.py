@@ -30,7 +30,7 @@ from omni_jax.generation.talker_prompt import (TalkerMedia, TalkerPlan, assemble
                                                text_widths)
 from omni_jax.generation.thinker_engine import CACHE_BUCKET, cache_size_for
 from omni_jax.generation.thinker_steps import decode_loop, thinker_prefill
-from omni_jax.models import thinker_text
+from omni_jax.models import omni, thinker_text
 from omni_jax.models.code2wav import decode_window, total_upsample, wav_length
 from omni_jax.models.decoder import StackOptions
 from omni_jax.models.prompt import round_up
@@ -140,6 +140,7 @@ def generate_fused(cfg: OmniConfig, params: dict, prompt, max_new_tokens: int, s
         talker_cache = round_up(p.mask.shape[1] + max_frames + 1, CACHE_BUCKET)
     else:
         talker_opts = None
+    params = omni.with_decode_views(params)  # per-layer weights read in place on CPU
     out = fused_generate(params, cfg, thinker_opts, talker_opts, sampling, talker_sampling or TalkerSampling(),
                          eos, max_new_tokens, max_frames, cache_size, talker_cache, speech, chunk_size, left_context,
                          has_mm, prompt.inputs_embeds, prompt.position_ids, prompt.attention_mask, prompt.deepstack,

@@ -1,5 +1,6 @@
 """Token sampling with HF's logits-processor order: repetition penalty, suppressed tokens, then (when
-sampling) temperature, top-k, top-p, and a categorical draw. Pure functions, jit-friendly, explicit keys."""
+sampling) temperature, top-k, top-p, and a categorical draw. Pure functions, jit-friendly, explicit keys.
+The logits processors themselves live in ``omni_jax.ops.logits`` (the code predictor samples with them too)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from omni_jax.errors import UsageError
+from omni_jax.ops.logits import apply_repetition_penalty, top_k_filter, top_p_filter
+
+__all__ = ["SamplingConfig", "apply_repetition_penalty", "sample", "top_k_filter", "top_p_filter"]
 
 
 @dataclass(frozen=True)
@@ -32,31 +36,6 @@ class SamplingConfig:
     @classmethod
     def greedy(cls, repetition_penalty: float = 1.0) -> "SamplingConfig":
         return cls(do_sample=False, repetition_penalty=repetition_penalty)
-
-
-def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
-    """HF RepetitionPenaltyLogitsProcessor: seen tokens' logits divided (if > 0) or multiplied by the penalty."""
-    if penalty == 1.0:
-        return logits
-    penalised = jnp.where(logits < 0, logits * penalty, logits / penalty)
-    return jnp.where(seen, penalised, logits)
-
-
-def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
-    k = min(k, logits.shape[-1])
-    kth = jax.lax.top_k(logits, k)[0][..., -1:]
-    return jnp.where(logits < kth, -jnp.inf, logits)
-
-
-def top_p_filter(logits: jax.Array, p: float) -> jax.Array:
-    """HF TopPLogitsWarper: drop the lowest-probability tokens whose cumulative mass is <= 1 - p (keep >= 1)."""
-    order = jnp.argsort(logits, axis=-1)  # ascending
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    remove_sorted = cum <= (1 - p)
-    remove_sorted = remove_sorted.at[..., -1].set(False)
-    remove = jnp.zeros_like(remove_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(remove_sorted)
-    return jnp.where(remove, -jnp.inf, logits)
 
 
 def sample(logits: jax.Array, key: jax.Array, cfg: SamplingConfig, seen: jax.Array | None = None,

@@ -170,7 +170,7 @@ def speech_compile_ahead_jobs(cfg: OmniConfig, model_params: dict, prompt, speak
     max_new_tokens=max_new_tokens)`` will run after a Thinker run on ``prompt`` (a ``PreparedPrompt``; its
     ``inputs_embeds`` may be None or a ShapeDtypeStruct): the talker prompt, the Talker's prefill and frame step,
     and Code2Wav's first window (as wide as ``min(chunk_size, max_frames)`` frames need)."""
-    from omni_jax.models.code2wav import WINDOW_BUCKET, decode_window_jit
+    from omni_jax.models.code2wav import WINDOW_BUCKET, decode_window_jit, with_layer_views
 
     text = model_params["thinker"]["text"]
     b, p = prompt.input_ids.shape
@@ -200,7 +200,8 @@ def speech_compile_ahead_jobs(cfg: OmniConfig, model_params: dict, prompt, speak
     window = jax.ShapeDtypeStruct((1, c2w.num_quantizers, width), np.int32)
 
     def code2wav():
-        decode_window_jit.lower(model_params["code2wav"], window, cfg=c2w).compile()
+        # with the per-layer views, as the streamer runs it
+        decode_window_jit.lower(with_layer_views(model_params["code2wav"]), window, cfg=c2w).compile()
 
     return [("talker_prompt", talker_prompt), ("talker_prefill", talker(0)), ("talker_frame_step", talker(1)),
             ("decode_window", code2wav)]

@@ -34,6 +34,7 @@ from omni_jax.generation.sampling import SamplingConfig, sample
 from omni_jax.generation.talker_prompt import TalkerPrompt
 from omni_jax.generation.thinker_engine import CACHE_BUCKET
 from omni_jax.models import code_predictor as cp
+from omni_jax.models import talker as talker_model
 from omni_jax.models.decoder import KVCache, StackOptions
 from omni_jax.models.prompt import round_up
 from omni_jax.models.talker import talker_forward
@@ -203,7 +204,7 @@ class TalkerEngine:
 
     def __init__(self, cfg: TalkerConfig, talker_params: dict, opts: StackOptions | None = None):
         self.cfg = cfg
-        self.params = talker_params
+        self.params = talker_model.with_decode_views(talker_params)  # per-layer weights read in place on CPU
         self.opts = opts or StackOptions.uniform(cfg.text)
         self.dtype = jnp.asarray(talker_params["codec_embedding"]).dtype
 

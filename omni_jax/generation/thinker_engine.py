@@ -22,6 +22,7 @@ from omni_jax.config import OmniConfig, TextConfig
 from omni_jax.generation.ahead import wait_for
 from omni_jax.generation.sampling import SamplingConfig
 from omni_jax.generation.thinker_steps import thinker_decode_step, thinker_prefill
+from omni_jax.models import thinker_text
 from omni_jax.models.decoder import StackOptions
 from omni_jax.models.prompt import PROMPT_BUCKET, PreparedPrompt, pad_left, round_up  # noqa: F401  (re-exported)
 from omni_jax.sharding import to_host
@@ -59,7 +60,7 @@ class ThinkerEngine:
     def __init__(self, cfg: OmniConfig, text_params: dict, opts: StackOptions | None = None):
         self.cfg = cfg
         self.text_cfg = cfg.thinker.text
-        self.params = text_params
+        self.params = thinker_text.with_decode_views(text_params)  # per-layer weights read in place on CPU
         self.opts = opts or StackOptions.uniform(self.text_cfg)
         self.dtype = jnp.asarray(text_params["embed"]).dtype
 

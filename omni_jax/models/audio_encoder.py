@@ -49,6 +49,8 @@ from flax import nnx
 from omni_jax.config import AudioConfig
 from omni_jax.models.common import bias_axis, normal, ones, pure_params, zeros
 from omni_jax.ops.activations import ACTIVATIONS
+from omni_jax.ops.attention import attention
+from omni_jax.ops.linear import linear
 from omni_jax.ops.norms import layer_norm
 from omni_jax.weights.rules import Rule, copy_rule, linear_rule
 
@@ -175,15 +177,6 @@ class AudioEncoder(nnx.Module):
 # --------------------------------------------------------------------------------------------- forward
 
 
-def dense(x, w, b=None):
-    """x @ w (+ b) with fp32 accumulation, rounded once to x.dtype (as torch's bf16 addmm; on XLA:CPU a bf16
-    dot with a bf16 result is ~3x slower than one accumulating in fp32)."""
-    y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
-    if b is not None:
-        y = y + b.astype(jnp.float32)
-    return y.astype(x.dtype)
-
-
 def conv_by_taps() -> bool:
     """Whether the stem convs run as nine strided-slice matmuls (on CPU ~1.5x faster than XLA's conv)."""
     return jax.default_backend() == "cpu"
@@ -229,7 +222,7 @@ def _conv_stem_batch(params, chunks, width, cfg: AudioConfig, dtype):
         x = jnp.where((jnp.arange(x.shape[2]) < width)[None, None, :, None], x, jnp.zeros((), x.dtype))
     n, f, t, c = x.shape
     x = jnp.transpose(x, (0, 2, 3, 1)).reshape(n, t, c * f)  # index c * f_rows + f, as HF's permute + view
-    return dense(x, params["conv_out"]["w"])
+    return linear(x, params["conv_out"]["w"])
 
 
 def chunk_positions(n_chunks: int, tokens: int, d_model: int) -> np.ndarray:
@@ -240,16 +233,11 @@ def chunk_positions(n_chunks: int, tokens: int, d_model: int) -> np.ndarray:
 def _attention(x, p, valid, num_heads, dtype):
     """Bidirectional MHA within each window: x (W, S, D); valid (W, S) marks real tokens (keys)."""
     w, s, d = x.shape
-    qkv = dense(x, p["qkv"]["w"], p["qkv"]["b"])
+    qkv = linear(x, p["qkv"]["w"], p["qkv"]["b"])
     q, k, v = (a.reshape(w, s, num_heads, d // num_heads) for a in jnp.split(qkv, 3, axis=-1))
-    scale = (d // num_heads) ** -0.5
-    # the reference: bf16 scores, scaled in bf16, softmax in fp32, probabilities back to bf16
-    scores = jnp.einsum("wqhd,wkhd->whqk", q, k, preferred_element_type=jnp.float32).astype(dtype)
-    scores = (scores * jnp.asarray(scale, dtype)).astype(jnp.float32)
-    scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("whqk,wkhd->wqhd", probs, v, preferred_element_type=jnp.float32).astype(dtype)
-    return dense(out.reshape(w, s, d), p["out"]["w"], p["out"]["b"])
+    # the reference: bf16 scores (fp32-accumulated), scaled in bf16, softmax in fp32, probabilities back to bf16
+    out = attention(q, k, v, valid[:, None, :], float32_dots=True)
+    return linear(out.reshape(w, s, d), p["out"]["w"], p["out"]["b"])
 
 
 def encoder_layers(layers, x, valid, cfg: AudioConfig, dtype):
@@ -260,7 +248,7 @@ def encoder_layers(layers, x, valid, cfg: AudioConfig, dtype):
         a = layer_norm(h, p["attn_norm"]["w"], p["attn_norm"]["b"], LN_EPS)
         h = h + _attention(a, p["attn"], valid, cfg.encoder_attention_heads, dtype)
         m = layer_norm(h, p["mlp_norm"]["w"], p["mlp_norm"]["b"], LN_EPS)
-        h = h + dense(act(dense(m, p["fc1"]["w"], p["fc1"]["b"])), p["fc2"]["w"], p["fc2"]["b"])
+        h = h + linear(act(linear(m, p["fc1"]["w"], p["fc1"]["b"])), p["fc2"]["w"], p["fc2"]["b"])
         return h, None
 
     x, _ = jax.lax.scan(layer, x, layers)
@@ -296,8 +284,8 @@ def audio_encoder_forward(params, features, frame_counts, cfg: AudioConfig, dtyp
 
     h = encoder_layers(params["layers"], h, valid, cfg, dtype)
     h = layer_norm(h, params["ln_post"]["w"], params["ln_post"]["b"], LN_EPS)
-    h = ACTIVATIONS[cfg.activation_function](dense(h, params["proj1"]["w"], params["proj1"]["b"]))
-    h = dense(h, params["proj2"]["w"], params["proj2"]["b"])
+    h = ACTIVATIONS[cfg.activation_function](linear(h, params["proj1"]["w"], params["proj1"]["b"]))
+    h = linear(h, params["proj2"]["w"], params["proj2"]["b"])
     return h.reshape(b, n_chunks * tpc, cfg.output_dim)
 
 

@@ -29,8 +29,9 @@ from flax import nnx
 
 from omni_jax.errors import UsageError
 from omni_jax.config import Code2WavConfig
-from omni_jax.models.common import bias_axis, full, normal, ones, pure_params, zeros
+from omni_jax.models.common import bias_axis, full, normal, ones, pure_params, stack_views, zeros
 from omni_jax.ops.activations import gelu, snake_beta
+from omni_jax.ops.attention import attention
 from omni_jax.ops.conv import (
     causal_conv1d,
     causal_trans_conv1d,
@@ -207,19 +208,14 @@ def sliding_window_mask(length: int, window: int | None) -> jax.Array:
     return allowed
 
 
-def attention(x: jax.Array, p: dict, cos: jax.Array, sin: jax.Array, mask: jax.Array, cfg: Code2WavConfig):
+def self_attention(x: jax.Array, p: dict, cos: jax.Array, sin: jax.Array, mask: jax.Array, cfg: Code2WavConfig):
     """Multi-head self-attention without q/k norm (HF eager: scores in activation dtype, softmax in fp32)."""
     b, t, _ = x.shape
     hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q = apply_rope(linear(x, p["q"]).reshape(b, t, hq, d), cos, sin)
     k = apply_rope(linear(x, p["k"]).reshape(b, t, hkv, d), cos, sin)
     v = linear(x, p["v"]).reshape(b, t, hkv, d)
-    q = q.reshape(b, t, hkv, hq // hkv, d)
-    scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k) * jnp.asarray(d ** -0.5, x.dtype)
-    scores = jnp.where(mask, scores.astype(jnp.float32), -jnp.inf)
-    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v).reshape(b, t, hq * d)
-    return linear(out, p["o"])
+    return linear(attention(q, k, v, mask[None]).reshape(b, t, hq * d), p["o"])
 
 
 def pre_transformer(params: dict, x: jax.Array, cfg: Code2WavConfig) -> jax.Array:
@@ -230,13 +226,31 @@ def pre_transformer(params: dict, x: jax.Array, cfg: Code2WavConfig) -> jax.Arra
     eps = cfg.rms_norm_eps
 
     def layer(h, p):
-        a = attention(rms_norm(h, p["attn_norm"], eps), p, cos, sin, mask, cfg)
+        a = self_attention(rms_norm(h, p["attn_norm"], eps), p, cos, sin, mask, cfg)
         h = h + p["attn_scale"] * a
         m = swiglu_mlp(rms_norm(h, p["mlp_norm"], eps), p["gate_up"], p["down"])
         return h + p["mlp_scale"] * m, None
 
-    x, _ = jax.lax.scan(layer, x, params["layers"])
+    if PER_LAYER in params:  # per-layer weights read in place (``with_layer_views``), the 8 layers unrolled
+        for p in params[PER_LAYER]:
+            x, _ = layer(x, p)
+    else:
+        x, _ = jax.lax.scan(layer, x, params["layers"])
     return rms_norm(x, params["norm"], eps)
+
+
+PER_LAYER = "per_layer"  # key of ``with_layer_views``'s per-layer transformer weights in the params
+
+
+def with_layer_views(params: dict) -> dict:
+    """The params plus, under ``PER_LAYER``, each transformer layer's weights as arrays of their own aliasing the
+    stacks (``common.stack_views``: no copy; single-device CPU only, else the params as they are). Scanning
+    the stacks copies every layer's weights (62 MB at real width) on every decode; the streamer decodes many
+    windows, so it reads them in place through these views instead. Same results."""
+    if PER_LAYER in params:
+        return params
+    views = stack_views(params["layers"])
+    return params if views is None else dict(params, **{PER_LAYER: views})
 
 
 def convnext(p: dict, x: jax.Array) -> jax.Array:
@@ -311,7 +325,7 @@ class Code2WavStreamer:
     def __init__(self, params: dict, cfg: Code2WavConfig, chunk_size: int = 300, left_context: int = 25):
         if chunk_size < 1 or left_context < 0:
             raise ValueError(f"chunk_size must be >= 1 and left_context >= 0, got {chunk_size}, {left_context}")
-        self.params, self.cfg = params, cfg
+        self.params, self.cfg = with_layer_views(params), cfg
         self.chunk_size, self.left_context = chunk_size, left_context
         self._frames: np.ndarray | None = None  # all frames seen so far that may still serve as context
         self._offset = 0  # absolute index of self._frames[..., 0]

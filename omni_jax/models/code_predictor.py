@@ -8,7 +8,9 @@ with a fresh KV cache each frame. The talker's next input needs
 which ``predict_codes`` returns as ``embed_sum``.
 
 The whole frame is ONE jitted function: a 2-token prefill, then ``lax.scan`` over the 14 remaining steps with a
-preallocated [layers, B, 16, kv_heads, head_dim] cache; layers are stacked and scanned too.
+preallocated per-layer [B, 16, kv_heads, head_dim] cache. The 5 layers are unrolled over per-layer weight slices
+taken once per frame (``split_layers``), or views aliasing the stacks (``with_layer_views``, what the Talker engine
+uses on CPU): the steps read the weights in place instead of copying each layer out of the stack at every step.
 Greedy (argmax, as ``do_sample=False``) or sampled with HF's warpers in HF's order (temperature, top-k, top-p;
 the reference's defaults top_k 50, top_p 0.8, temperature 1.0) from an explicit PRNG key.
 """
@@ -21,8 +23,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from omni_jax.config import CodePredictorConfig
-from omni_jax.models.common import normal, ones, pure_params
+from omni_jax.models.common import normal, ones, pure_params, stack_views
+from omni_jax.ops.attention import attention
 from omni_jax.ops.linear import linear, swiglu_mlp
+from omni_jax.ops.logits import warp
 from omni_jax.ops.norms import rms_norm
 from omni_jax.ops.rope import apply_rope, rope_cos_sin
 from omni_jax.weights.rules import Rule, copy_rule, linear_rule
@@ -76,10 +80,35 @@ class CodePredictor(nnx.Module):
 
 # --------------------------------------------------------------------------------------------- pure maths
 
-def init_cache(cfg: CodePredictorConfig, batch: int, dtype) -> dict:
-    """Empty K/V cache for one frame: [layers, B, num_code_groups, kv_heads, head_dim] (16 positions: 0..15)."""
-    shape = (cfg.num_layers, batch, cfg.num_code_groups, cfg.num_kv_heads, cfg.head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+def init_cache(cfg: CodePredictorConfig, batch: int, dtype) -> list[tuple[jax.Array, jax.Array]]:
+    """Empty K/V cache for one frame: per layer (k, v) [B, num_code_groups, kv_heads, head_dim] (positions 0..15)."""
+    shape = (batch, cfg.num_code_groups, cfg.num_kv_heads, cfg.head_dim)
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
+
+
+PER_LAYER = "per_layer"  # key of ``with_layer_views``'s per-layer weights in the params
+
+
+def with_layer_views(params: dict) -> dict:
+    """The params plus, under ``PER_LAYER``, each layer's weights as arrays of their own aliasing the stacks
+    (``common.stack_views``: no copy; single-device CPU only, else the params as they are). ``predict_codes``
+    then reads them in place instead of slicing the stacks once per frame."""
+    if PER_LAYER in params:
+        return params
+    views = stack_views(params["layers"])
+    return params if views is None else dict(params, **{PER_LAYER: views})
+
+
+def split_layers(params: dict, num_layers: int) -> list[dict]:
+    """The layer weights as one tree per layer: the views of ``with_layer_views`` when present, else slices of
+    the stacks.
+
+    XLA:CPU copies a slice of a stacked weight before every dot that reads it. Taken once per frame, before
+    the 15-step loop, the slices are loop-invariant buffers the steps read in place; indexing the stack
+    inside the loop would copy every layer's weights at every step."""
+    if PER_LAYER in params:
+        return list(params[PER_LAYER])
+    return [jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(num_layers)]
 
 
 def _attention(x, p, k_cache, v_cache, start, cos, sin, cfg: CodePredictorConfig):
@@ -91,48 +120,30 @@ def _attention(x, p, k_cache, v_cache, start, cos, sin, cfg: CodePredictorConfig
     v = linear(x, p["v"]).reshape(b, s, hkv, d)
     k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=1)
     v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=1)
-    q = q.reshape(b, s, hkv, hq // hkv, d)
-    scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_cache) * jnp.asarray(d ** -0.5, x.dtype)
     query_pos = start + jnp.arange(s)
     visible = jnp.arange(k_cache.shape[1])[None, :] <= query_pos[:, None]  # causal; unwritten slots are ahead
-    probs = jax.nn.softmax(jnp.where(visible, scores.astype(jnp.float32), -jnp.inf), axis=-1).astype(x.dtype)
-    out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v_cache).reshape(b, s, hq * d)
+    out = attention(q, k_cache.astype(x.dtype), v_cache.astype(x.dtype), visible[None]).reshape(b, s, hq * d)
     return linear(out, p["o"]), k_cache, v_cache
 
 
-def forward(params: dict, x: jax.Array, cache: dict, start, cfg: CodePredictorConfig):
-    """x [B, S, H] at positions start..start+S-1 -> (final-normed hidden [B, S, H], updated cache)."""
+def forward(layers: list[dict], norm: jax.Array, x: jax.Array, cache: list, start, cfg: CodePredictorConfig):
+    """x [B, S, H] at positions start..start+S-1 through ``layers`` (``split_layers``) and the final norm
+    -> (hidden [B, S, H], updated cache)."""
     s = x.shape[1]
     cos, sin = rope_cos_sin((start + jnp.arange(s))[None], cfg.head_dim, cfg.rope_theta, x.dtype)
     eps = cfg.rms_norm_eps
-
-    def layer(h, xs):
-        p, k_cache, v_cache = xs
-        a, k_cache, v_cache = _attention(rms_norm(h, p["attn_norm"], eps), p, k_cache, v_cache, start, cos, sin, cfg)
-        h = h + a
-        h = h + swiglu_mlp(rms_norm(h, p["mlp_norm"], eps), p["gate_up"], p["down"])
-        return h, (k_cache, v_cache)
-
-    x, (k, v) = jax.lax.scan(layer, x, (params["layers"], cache["k"], cache["v"]))
-    return rms_norm(x, params["norm"], eps), {"k": k, "v": v}
+    new_cache = []
+    for p, (k_cache, v_cache) in zip(layers, cache):
+        a, k_cache, v_cache = _attention(rms_norm(x, p["attn_norm"], eps), p, k_cache, v_cache, start, cos, sin, cfg)
+        x = x + a
+        x = x + swiglu_mlp(rms_norm(x, p["mlp_norm"], eps), p["gate_up"], p["down"])
+        new_cache.append((k_cache, v_cache))
+    return rms_norm(x, norm, eps), new_cache
 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float, temperature: float) -> jax.Array:
     """HF's TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper (filtered entries -> -inf), fp32."""
-    x = logits.astype(jnp.float32)
-    if temperature != 1.0:
-        x = x / temperature
-    if top_k:
-        kth = jax.lax.top_k(x, min(top_k, x.shape[-1]))[0][..., -1:]
-        x = jnp.where(x < kth, -jnp.inf, x)
-    if top_p < 1.0:
-        order = jnp.argsort(x, axis=-1)  # ascending, as HF
-        sorted_x = jnp.take_along_axis(x, order, axis=-1)
-        cum = jnp.cumsum(jax.nn.softmax(sorted_x, axis=-1), axis=-1)
-        remove_sorted = (cum <= 1.0 - top_p).at[..., -1].set(False)  # always keep the most likely token
-        remove = jnp.take_along_axis(remove_sorted, jnp.argsort(order, axis=-1), axis=-1)
-        x = jnp.where(remove, -jnp.inf, x)
-    return x
+    return warp(logits, temperature, top_k, top_p)
 
 
 def choose(logits: jax.Array, key, sample: bool, top_k: int, top_p: float, temperature: float) -> jax.Array:
@@ -153,15 +164,16 @@ def predict_codes(params: dict, past_hidden: jax.Array, c0_embed: jax.Array, key
     b = past_hidden.shape[0]
     n_steps = cfg.num_code_groups - 1
     keys = jax.random.split(key, n_steps)
+    layers, norm, table = split_layers(params, cfg.num_layers), params["norm"], params["codec_embedding"]
     x = jnp.stack([past_hidden, c0_embed], axis=1).astype(dtype)
-    h, cache = forward(params, x, init_cache(cfg, b, dtype), 0, cfg)
+    h, cache = forward(layers, norm, x, init_cache(cfg, b, dtype), 0, cfg)
     logits = linear(h[:, -1], params["lm_head"][0]).astype(jnp.float32)
     code = choose(logits, keys[0], sample, top_k, top_p, temperature)
 
     def step(carry, g):  # feeds c_g (embedded with table g-1) at position g+1, predicts c_{g+1} with lm_head[g]
         cache, code, embed_sum = carry
-        e = params["codec_embedding"][g - 1][code]  # [B, H]
-        h, cache = forward(params, e[:, None], cache, g + 1, cfg)
+        e = table[g - 1, code]  # [B, H]: B rows gathered, not the whole table g-1
+        h, cache = forward(layers, norm, e[:, None], cache, g + 1, cfg)
         logits = linear(h[:, 0], params["lm_head"][g]).astype(jnp.float32)
         new_code = choose(logits, keys[g], sample, top_k, top_p, temperature)
         return (cache, new_code, embed_sum + e.astype(jnp.float32)), (new_code, logits)
@@ -169,7 +181,7 @@ def predict_codes(params: dict, past_hidden: jax.Array, c0_embed: jax.Array, key
     embed_sum = jnp.zeros((b, cfg.hidden_size), jnp.float32)
     (_, last, embed_sum), (codes, step_logits) = jax.lax.scan(step, (cache, code, embed_sum),
                                                               jnp.arange(1, n_steps))
-    embed_sum = embed_sum + params["codec_embedding"][n_steps - 1][last].astype(jnp.float32)
+    embed_sum = embed_sum + table[n_steps - 1, last].astype(jnp.float32)
     codes = jnp.concatenate([code[:, None], codes.T], axis=1)
     logits = jnp.concatenate([logits[:, None], jnp.swapaxes(step_logits, 0, 1)], axis=1)
     return {"codes": codes, "embed_sum": embed_sum.astype(dtype), "logits": logits}

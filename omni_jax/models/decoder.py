@@ -6,8 +6,14 @@ RMSNorm over head_dim, interleaved M-RoPE applied after the q/k norms, no biases
 Parameters of all layers are stacked on a leading layer axis and the stack runs as ``jax.lax.scan``. The
 scan is split into segments (never unrolled) where something happens between layers: deepstack
 injections after the first layers, a tapped hidden state (the Talker reads Thinker layer 24), or a change of
-routing hooks from one layer to the next. The KV cache is one array per k/v for all layers,
-``[num_layers, B, S, Hkv, D]``, carried through the scan and updated in place at (layer, slot).
+routing hooks from one layer to the next. Every segment scans over layer *indices* and reads its layer's
+weights from the whole stacks inside the body: slicing a segment's stacks first (``a[start:end]``) makes
+XLA copy every layer of the segment on each call, so a split stack cost memory and time in proportion to
+its depth. Even one layer's slice is a copy on XLA:CPU (its dots cannot read a sub-range of a buffer), so
+the decode engines pass per-layer views of the projection weights that alias the stacks
+(``with_layer_views``) and the body reads them in place through a ``lax.switch`` over layers. The KV cache
+is one array per k/v for all layers, ``[num_layers, B, S, Hkv, D]``, carried through the scan and updated in
+place at (layer, slot).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from flax import nnx
 
 from omni_jax import sharding
 from omni_jax.config import TextConfig
-from omni_jax.models.common import normal, ones, param_axes
+from omni_jax.models.common import normal, ones, param_axes, stack_views
 from omni_jax.moe import RoutingConfig, moe_block
 from omni_jax.moe.layout import moe_axes
 from omni_jax.ops.attention import attention, causal_mask
@@ -164,17 +170,56 @@ class KVCache:
         return self.k.shape[2]
 
 
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+PER_LAYER = "per_layer"  # key of ``with_layer_views``'s per-layer projection weights in a layers dict
+
+
+def with_layer_views(layers: dict) -> dict:
+    """``layers`` plus, under ``PER_LAYER``, every layer's q/k/v/o projection weights as arrays of their own that
+    alias the stacks' memory (``common.stack_views``: no copy; single-device CPU only, else ``layers`` as is).
+
+    ``decoder_stack`` then reads layer i's projections through a ``lax.switch`` over those arrays instead of
+    slicing the stacks, which XLA:CPU does with a copy of the layer's weights on every call (72 MB per Thinker
+    layer per decode step). The switch has one small branch per layer (its 4 dots), so compilation grows a
+    little with depth; the layer scan itself is unchanged. Build it once, outside jit, for the decode engines.
+    """
+    if PER_LAYER in layers:
+        return layers
+    views = stack_views({name: layers["attn"][name] for name in PROJECTIONS})
+    return layers if views is None else dict(layers, **{PER_LAYER: views})
+
+
+def _project(h, a, layer_idx, views):
+    """(q, k, v) projections of ``h`` with this layer's weights: from ``a`` (sliced out of the stacks), or, with
+    ``views = (per-layer weights of the segment, first layer index)``, read in place through a switch."""
+    if views is None:
+        return linear(h, a["q_proj"]), linear(h, a["k_proj"]), linear(h, a["v_proj"])
+    per_layer, start = views
+    branches = [lambda h, w=w: (linear(h, w["q_proj"]), linear(h, w["k_proj"]), linear(h, w["v_proj"]))
+                for w in per_layer]
+    return jax.lax.switch(layer_idx - start, branches, h)
+
+
+def _out_project(o, a, layer_idx, views):
+    if views is None:
+        return linear(o, a["o_proj"])
+    per_layer, start = views
+    return jax.lax.switch(layer_idx - start, [lambda o, w=w: linear(o, w["o_proj"]) for w in per_layer], o)
+
+
 def _layer(p, mlp, x, cos, sin, mask, cache, layer_idx, slot, cfg: TextConfig, routing: RoutingConfig, backend,
-           token_mask, router_outputs=False):
+           token_mask, router_outputs=False, views=None):
     """One layer. ``p``: this layer's attention and norm params; ``mlp``: the MoE params of ALL layers
-    (stacked), indexed by ``layer_idx`` inside ``moe_block`` so decode reads only the chosen experts."""
+    (stacked), indexed by ``layer_idx`` inside ``moe_block`` so decode reads only the chosen experts;
+    ``views``: per-layer projection weights (see ``with_layer_views``) or None."""
     b, l, _ = x.shape
     hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     a = p["attn"]
     h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-    q = rms_norm(linear(h, a["q_proj"]).reshape(b, l, hq, d), a["q_norm"], cfg.rms_norm_eps)
-    k = rms_norm(linear(h, a["k_proj"]).reshape(b, l, hkv, d), a["k_norm"], cfg.rms_norm_eps)
-    v = linear(h, a["v_proj"]).reshape(b, l, hkv, d)
+    q, k, v = _project(h, a, layer_idx, views)
+    q = rms_norm(q.reshape(b, l, hq, d), a["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm(k.reshape(b, l, hkv, d), a["k_norm"], cfg.rms_norm_eps)
+    v = v.reshape(b, l, hkv, d)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if cache is not None:
         ck, cv = cache
@@ -183,12 +228,17 @@ def _layer(p, mlp, x, cos, sin, mask, cache, layer_idx, slot, cfg: TextConfig, r
         cache = (ck, cv)
         k = jax.lax.dynamic_index_in_dim(ck, layer_idx, 0, keepdims=False).astype(x.dtype)
         v = jax.lax.dynamic_index_in_dim(cv, layer_idx, 0, keepdims=False).astype(x.dtype)
-    o = attention(q, k, v, mask)
-    x = x + linear(o.reshape(b, l, hq * d), a["o_proj"])
+    o = attention(q, k, v, mask, scale_in_float32=True)
+    x = x + _out_project(o.reshape(b, l, hq * d), a, layer_idx, views)
     h = rms_norm(x, p["post_norm"], cfg.rms_norm_eps)
     y, stats = moe_block(h, mlp, routing, token_mask=token_mask, backend=backend, layer=layer_idx,
                          stacked=True, with_router_outputs=router_outputs)
     return x + y.astype(x.dtype), cache, stats
+
+
+def layer_weights(stacks: dict, idx) -> dict:
+    """Layer ``idx`` (traced) of every stacked weight in ``stacks`` ([num_layers, ...] leaves)."""
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, idx, 0, keepdims=False), stacks)
 
 
 def _segments(opts: StackOptions, n_layers: int, n_inject: int) -> list[tuple[int, int]]:
@@ -218,25 +268,31 @@ def decoder_stack(layers: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, ma
     n_inject = 0 if inject is None else inject.shape[0]
     kv = None if cache is None else (cache.k, cache.v)
     stats_parts, hidden_parts, taps = [], [], {}
+    views = layers.get(PER_LAYER)
+    attn_stacks = {k: v for k, v in layers.items() if k not in ("mlp", PER_LAYER)}
+    if views is not None:  # the projections are read through the views: slice only the norms out of the stacks
+        attn_stacks["attn"] = {k: v for k, v in attn_stacks["attn"].items() if k not in PROJECTIONS}
     for start, end in _segments(opts, n, n_inject):
         routing = opts.routing[start]
-        seg_params = jax.tree.map(lambda a: a[start:end], {k: v for k, v in layers.items() if k != "mlp"})
         seg_inject = inject[start:end] if (inject is not None and start < n_inject) else None
 
         # a tap is the layer's output before its deepstack injection (HF's hidden_states hook on the layer)
         keep_out = opts.collect_hidden or (seg_inject is not None and (end - 1) in opts.taps)
 
-        def body(carry, xs, routing=routing, keep_out=keep_out):
+        seg_views = None if views is None else (views[start:end], start)
+
+        def body(carry, xs, routing=routing, keep_out=keep_out, seg_views=seg_views):
             h, kv_c = carry
-            p, idx, inj = xs
+            idx, inj = xs
+            p = layer_weights(attn_stacks, idx)
             h, kv_c, st = _layer(p, layers["mlp"], h, cos, sin, mask, kv_c, idx, slot, cfg, routing, opts.backend,
-                                 token_mask, opts.router_outputs)
+                                 token_mask, opts.router_outputs, seg_views)
             out = h if keep_out else None
             if inj is not None:
                 h = h + inj.astype(h.dtype)
             return (h, kv_c), (st, out)
 
-        xs = (seg_params, jnp.arange(start, end), seg_inject)
+        xs = (jnp.arange(start, end, dtype=jnp.int32), seg_inject)
         (x, kv), (st, outs) = jax.lax.scan(body, (x, kv), xs)
         stats_parts.append(st)
         if opts.collect_hidden:

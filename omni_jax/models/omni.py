@@ -55,6 +55,20 @@ def hf_rules(cfg: OmniConfig) -> list[Rule]:
     return rules
 
 
+def with_decode_views(params: dict) -> dict:
+    """``pure_params(OmniModel)`` with per-layer weight views (aliasing the stacks, no copy) of the Thinker's
+    text decoder, the Talker, its code predictor and Code2Wav's transformer, for the generation programs on a
+    single CPU device (elsewhere the params come back as they are). Same results; see
+    ``decoder.with_layer_views``."""
+    out = dict(params, thinker=dict(params["thinker"], text=thinker_text.with_decode_views(params["thinker"]["text"])))
+    if "talker" in params:
+        from omni_jax.models import code2wav, talker
+
+        out["talker"] = talker.with_decode_views(params["talker"])
+        out["code2wav"] = code2wav.with_layer_views(params["code2wav"])
+    return out
+
+
 def abstract_model(cfg: OmniConfig, dtype=jnp.float32) -> OmniModel:
     """The model with ShapeDtypeStructs for parameters: no memory allocated (real size is 35 B params).
     Traced once per (config, dtype): loading asks for it twice (name table, then the tree to fill); treat the

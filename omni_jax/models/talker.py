@@ -16,7 +16,7 @@ from omni_jax.config import TalkerConfig
 from omni_jax.models import code_predictor as cp
 from omni_jax.models.common import normal, ones, zeros
 from omni_jax.models.decoder import (DecoderLayers, KVCache, StackOptions, decoder_layer_rules, decoder_stack,
-                                     stack_mask, text_cos_sin)
+                                     stack_mask, text_cos_sin, with_layer_views)
 from omni_jax.ops.linear import linear, mlp2
 from omni_jax.ops.norms import rms_norm
 from omni_jax.weights.rules import Rule, copy_rule, linear_rule, prefixed
@@ -62,6 +62,13 @@ def hf_rules(cfg: TalkerConfig) -> list[Rule]:
             rules.append(copy_rule(f"{proj}.linear_{fc}.bias", f"{proj}.{fc}_b"))
     rules += prefixed(cp.hf_rules(cfg.code_predictor), "code_predictor.", "code_predictor.")
     return rules
+
+
+def with_decode_views(params: dict) -> dict:
+    """The Talker params with per-layer weight views of its decoder and its code predictor (aliasing the stacks,
+    see ``decoder.with_layer_views`` and ``code_predictor.with_layer_views``). Same results."""
+    return dict(params, layers=with_layer_views(params["layers"]),
+                code_predictor=cp.with_layer_views(params["code_predictor"]))
 
 
 def talker_forward(params: dict, cfg: TalkerConfig, opts: StackOptions, inputs_embeds: jax.Array,

@@ -12,7 +12,7 @@ from flax import nnx
 from omni_jax.config import TextConfig
 from omni_jax.models.common import normal, ones
 from omni_jax.models.decoder import (DecoderLayers, KVCache, StackOptions, decoder_layer_rules, decoder_stack,
-                                     stack_mask, text_cos_sin)
+                                     stack_mask, text_cos_sin, with_layer_views)
 from omni_jax.ops.linear import linear
 from omni_jax.ops.norms import rms_norm
 from omni_jax.weights.rules import Rule, copy_rule, linear_rule
@@ -35,6 +35,12 @@ def hf_rules(cfg: TextConfig) -> list[Rule]:
         linear_rule("lm_head.weight", "lm_head"),
         *decoder_layer_rules(cfg, "model.", "layers."),
     ]
+
+
+def with_decode_views(params: dict) -> dict:
+    """The text params with per-layer projection views (``decoder.with_layer_views``): what the decode engines
+    run with on CPU, so a step reads each layer's projections in place. Same results."""
+    return dict(params, layers=with_layer_views(params["layers"]))
 
 
 def embed_tokens(params: dict, input_ids: jax.Array) -> jax.Array:

@@ -33,6 +33,7 @@ from flax import nnx
 from omni_jax.config import VisionConfig
 from omni_jax.models.common import bias_axis, normal, ones, pure_params, zeros
 from omni_jax.ops.activations import ACTIVATIONS, gelu
+from omni_jax.ops.attention import attention
 from omni_jax.ops.linear import linear
 from omni_jax.ops.norms import layer_norm
 from omni_jax.ops.rope import rotate_half
@@ -189,13 +190,9 @@ def _attention(x, p, cos, sin, groups: list[np.ndarray], num_heads: int):
     qf, kf = q.astype(jnp.float32), k.astype(jnp.float32)
     q = (qf * c + rotate_half(qf) * s).astype(x.dtype)
     k = (kf * c + rotate_half(kf) * s).astype(x.dtype)
-    scale = hd ** -0.5
     out = jnp.zeros((N, num_heads, hd), x.dtype)
     for idx in groups:  # static: one batched attention per distinct frame length
-        qs, ks, vs = q[idx], k[idx], v[idx]  # [k, S, H, hd]
-        scores = jnp.einsum("gqhd,gkhd->ghqk", qs, ks) * jnp.asarray(scale, x.dtype)
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(x.dtype)
-        o = jnp.einsum("ghqk,gkhd->gqhd", probs, vs)
+        o = attention(q[idx], k[idx], v[idx])  # [frames, S, H, hd]
         out = out.at[idx.reshape(-1)].set(o.reshape(-1, num_heads, hd))
     return linear(out.reshape(N, D), p["proj"]["w"], p["proj"]["b"])
 

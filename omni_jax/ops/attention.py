@@ -1,7 +1,19 @@
-"""Dot-product attention with grouped KV heads, boolean masks, and a preallocated KV cache.
+"""Dot-product attention (grouped KV heads, boolean masks): the one attention core every model calls.
 
 Shapes: q [B, Lq, Hq, D], k/v [B, Lk, Hkv, D]; kv head j serves q heads [j*G, (j+1)*G) (HF repeat_kv).
-Scores are computed in the activation dtype and the softmax in fp32, cast back (reference notes §2).
+The reference rounds at different points in different modules; those points are parameters here, so each
+model states its own and the maths stays in one place (in float32 every choice gives the same result):
+
+- ``float32_dots``: both products accumulate in fp32 and are rounded once to the activation dtype (torch's
+  bf16 matmul on CPU, as the audio encoder's eager attention runs); otherwise the dots are XLA's in the
+  activation dtype.
+- ``scale_in_float32``: the scores are cast to fp32 and then scaled (the text decoders); otherwise they are
+  scaled in the activation dtype first, as HF's eager ``matmul(q, k^T) * scaling`` (code predictor, Code2Wav,
+  vision, audio).
+
+The softmax is always fp32 and its probabilities are rounded to the activation dtype before the product with
+v. Masked scores get the most negative fp32 value: a row with no visible key (a padding query) comes out
+finite (uniform weights) instead of NaN, so padding never poisons the real rows through 0 * NaN.
 """
 
 from __future__ import annotations
@@ -9,23 +21,35 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-NEG_INF = -1e30
+NEG_INF = float(jnp.finfo(jnp.float32).min)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float | None = None
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *,
+              scale: float | None = None, scale_in_float32: bool = False, float32_dots: bool = False
               ) -> jax.Array:
-    """mask: bool broadcastable to [B, Lq, Lk] (True = may attend); None = full attention."""
+    """mask: bool broadcastable to [B, Lq, Lk] (True = may attend); None = full attention.
+    scale: default head_dim ** -0.5. Returns [B, Lq, Hq, D] in q's dtype."""
     b, lq, hq, d = q.shape
     hkv = k.shape[2]
-    g = hq // hkv
+    dtype = q.dtype
     scale = d ** -0.5 if scale is None else scale
-    qg = q.reshape(b, lq, hkv, g, d)
-    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k).astype(jnp.float32) * scale
+    qg = q.reshape(b, lq, hkv, hq // hkv, d)
+    s = _dot("bqhgd,bkhd->bhgqk", qg, k, float32_dots)
+    if scale_in_float32:
+        s = s.astype(jnp.float32) * scale
+    else:
+        s = (s * jnp.asarray(scale, dtype)).astype(jnp.float32)
     if mask is not None:
         s = jnp.where(mask[:, None, None], s, NEG_INF)
-    p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
-    o = jnp.einsum("bhgqk,bkhd->bqhgd", p, v)
+    p = jax.nn.softmax(s, axis=-1).astype(dtype)
+    o = _dot("bhgqk,bkhd->bqhgd", p, v, float32_dots)
     return o.reshape(b, lq, hq, d)
+
+
+def _dot(spec: str, a: jax.Array, b: jax.Array, float32_dots: bool) -> jax.Array:
+    if float32_dots:
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+    return jnp.einsum(spec, a, b)
 
 
 def causal_mask(q_pos: jax.Array, k_pos: jax.Array, k_valid: jax.Array | None = None) -> jax.Array:
@@ -34,20 +58,3 @@ def causal_mask(q_pos: jax.Array, k_pos: jax.Array, k_valid: jax.Array | None = 
     if k_valid is not None:
         m = m & k_valid[:, None, :]
     return m
-
-
-def sliding_causal_mask(length: int, window: int) -> jax.Array:
-    """[L, L]: query i sees keys j with i - window < j <= i."""
-    i = jnp.arange(length)[:, None]
-    j = jnp.arange(length)[None, :]
-    return (j <= i) & (j > i - window)
-
-
-def segment_mask(segment_ids: jax.Array) -> jax.Array:
-    """Block-diagonal mask from per-token segment ids [..., L] -> [..., L, L] (bidirectional within a segment)."""
-    return segment_ids[..., :, None] == segment_ids[..., None, :]
-
-
-def cache_write(cache: jax.Array, new: jax.Array, index) -> jax.Array:
-    """Write new [B, L, H, D] into cache [B, S, H, D] at slot ``index`` (same for every row)."""
-    return jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), index, axis=1)
