@@ -1,9 +1,10 @@
 """Typed, frozen configuration for every part of Qwen3-Omni.
 
 Defaults are the real Qwen3-Omni-30B-A3B-Instruct values (never the HF config-class defaults, which
-differ in a dozen places: reference notes §1 and quirk 2). ``OmniConfig.from_hf`` reads a ``config.json``
-in both the transformers 4.57 spelling (``rope_scaling`` + ``rope_theta``, ``num_experts``) and the
-5.x spelling (``rope_parameters``, ``num_local_experts``).
+differ in a dozen places, e.g. position_id_per_seconds 25 there vs 13 real, num_code_groups 32 vs 16, talker
+rope theta 1e4 vs 1e6). ``OmniConfig.from_hf`` reads a ``config.json`` in both the transformers 4.57 spelling
+(``rope_scaling`` + ``rope_theta``, ``num_experts``) and the 5.x spelling (``rope_parameters``,
+``num_local_experts``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """TM-RoPE position ids: a host-side (numpy) equivalent of the Thinker's HF ``get_rope_index``.
 
-Reference notes §6.2 and quirk 5. Runs before jit: it walks each prompt's token ids once, so the
-returned arrays have static shapes ``[3, B, L]`` and can be fed to a jitted prefill.
+Runs before jit: it walks each prompt's token ids once, so the returned arrays have static shapes ``[3, B, L]``
+and can be fed to a jitted prefill.
 
 Rules (exactly those of ``Qwen3OmniMoePreTrainedModelForConditionalGeneration.get_rope_index`` in
 transformers 5.23, including its float32 arithmetic, so results are bit-identical):
@@ -9,7 +9,7 @@ transformers 5.23, including its float32 arithmetic, so results are bit-identica
   padding positions set to 1, ``delta = max(pos) + 1 - sum(mask)``.
 - Otherwise, per sample, over the unpadded tokens only (padding positions stay 0), left to right: text runs
   are sequential; each multimodal item gets a start marker (1 position, 2 for audio-in-video), then its body
-  starting at ``st`` = (max of the last appended piece) + 1 (quirk 5: not the running global max):
+  starting at ``st`` = (max of the last appended piece) + 1 (as HF does: not the running global max):
   audio ``st + arange(n)`` on all rows; image ``(t, h, w) = (st, st + row, st + col)`` over the merged
   (h/2, w/2) grid; video the same with ``t = st + t_idx * second_per_grid * position_id_per_seconds``
   (fractional); audio-in-video the video and audio bodies both start at ``st`` and are merged by the t row
@@ -66,8 +66,8 @@ class RopeIndexConfig:
 def audio_output_lengths(mel_frames, n_window: int = 50):
     """Tokens the audio encoder produces for ``mel_frames`` log-mel frames (HF ``_get_feat_extract_output_lengths``).
 
-    Every full chunk of ``2 * n_window`` frames gives 13 tokens (hard-coded in the reference, quirk 3); the
-    remainder goes through three stride-2 convolutions.
+    Every full chunk of ``2 * n_window`` frames gives 13 tokens (hard-coded in the reference, right only for
+    ``n_window = 50``); the remainder goes through three stride-2 convolutions.
     """
     frames = np.asarray(mel_frames, dtype=np.int64)
     chunk = n_window * 2

@@ -1,6 +1,6 @@
 """Tiny random Hugging Face Qwen3-Omni checkpoints, built locally (never downloaded).
 
-The tiny config stays structurally identical to the real one (reference notes §14): MoE thinker with
+The tiny config stays structurally identical to the real one: MoE thinker with
 head_dim != hidden/heads, interleaved M-RoPE, 3-level deepstack from a >= 4-block ViT, 2-layer AuT with 128
 mels and the real windows, MoE talker with shared expert, 16 code groups, code predictor, Code2Wav with
 the real upsampling chain. Every parameter is re-drawn after construction (transformers can leave fused
@@ -113,7 +113,8 @@ def hf_config(config_dict: dict):
     return Qwen3OmniMoeConfig(**copy.deepcopy(config_dict))
 
 
-# Per-family rescaling, chosen so every part moves the output (reference notes §14).
+# Per-family rescaling, chosen so every part moves the output (at the default init, a tiny model's MoE
+# blocks, audio encoder and Code2Wav barely change it).
 def _scale_for(name: str) -> tuple[str, float]:
     """(kind, value): 'normal' std, or 'around_one' for norm weights / scales."""
     if name.endswith("norm.weight") or name.endswith("layernorm.weight") or ".ln_" in name and name.endswith("weight"):

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 # beside the CPU torch 2.13 wheel (its C ops target CUDA torch), so it is installed *outside* site-packages
 # (`pip install --no-deps --target .venv/extra-torchvision torchvision==0.28.0`) where it cannot change
 # which backend other code's AutoImageProcessor picks, and imported here with its op registration stubbed
-# (reference notes §14b). Override the location with OMNI_JAX_TORCHVISION_DIR.
+# (``torchvision._meta_registrations``). Override the location with OMNI_JAX_TORCHVISION_DIR.
 TORCHVISION_DIR = Path(os.environ.get("OMNI_JAX_TORCHVISION_DIR", REPO / ".venv" / "extra-torchvision"))
 
 

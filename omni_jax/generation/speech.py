@@ -1,4 +1,4 @@
-"""Speech out: Thinker records -> talker prompt -> codec frames -> 24 kHz waveforms (reference notes §10).
+"""Speech out: Thinker records -> talker prompt -> codec frames -> 24 kHz waveforms.
 
 ``speak`` is what ``Qwen3OmniMoeForConditionalGeneration.generate(return_audio=True)`` does after the Thinker:
 build the talker prompt, run the talker (+ code predictor) until each row's codec EOS, then Code2Wav with

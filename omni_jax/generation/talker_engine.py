@@ -1,4 +1,4 @@
-"""The Talker's decode loop: codec frames (16 codes each) from a talker prompt (reference notes §7.2).
+"""The Talker's decode loop: codec frames (16 codes each) from a talker prompt, as HF's talker ``generate`` runs it.
 
 prefill (the whole prompt, into a preallocated KV cache) -> sample the layer-0 code c0. Then per step:
   code predictor (one jitted 15-step loop, ``code_predictor.predict_codes``) on [past_hidden, codec_embedding(c0)]
@@ -6,12 +6,12 @@ prefill (the whole prompt, into a preallocated KV cache) -> sample the layer-0 c
   next input = codec_embedding(c0) + sum of the residual codes' embeddings + trailing text entry (or tts_pad)
   -> one talker forward -> sample the next c0.
 A row stops when it samples the codec EOS; the EOS (and, at the length limit, the last sampled c0) has no
-frame, so frames = sampled tokens - 1 (quirk 10). The step (code predictor + talker forward + sampling) is
+frame, so frames = sampled tokens - 1. The step (code predictor + talker forward + sampling) is
 ONE jitted function with static shapes (the cache is preallocated; the step index, positions and row states are
 traced), so decoding never recompiles; the Python loop over steps is what makes streaming possible.
 
 Sampling follows HF's talker: repetition penalty on the codec tokens this row generated so far (the prompt is
-embeddings, quirk 11; it applies in greedy decoding too), tokens ``[vocab-1024, vocab)`` other than the codec EOS
+embeddings; it applies in greedy decoding too), tokens ``[vocab-1024, vocab)`` other than the codec EOS
 suppressed, then temperature / top-k / top-p when sampling. The code predictor samples with top-k 50, top-p 0.8
 (temperature 1) when the talker samples, else greedy. Every row draws from its own PRNG key (``seeds[b]``), so
 a row's output does not depend on the other rows of the batch. Rows that stopped are fed as padding (masked

@@ -1,8 +1,8 @@
-"""The Talker's prompt, built from the Thinker's generation exactly as HF's ``generate`` builds it (notes §7.1).
+"""The Talker's prompt, built from the Thinker's generation exactly as HF's ``generate`` builds it.
 
 Per row (rows are independent: each equals that prompt generated alone):
 - **user part**: every prompt token whose governing role is ``user`` (the token right after the most recent
-  ``<|im_start|>``; system turns and earlier assistant turns are dropped, quirk 9). Multimodal placeholder
+  ``<|im_start|>``; system turns and earlier assistant turns are dropped, as in HF). Multimodal placeholder
   positions (audio / image / video ids) -> ``hidden_projection(thinker layer accept-1 output)``, other positions
   -> ``text_projection(thinker input embedding)``.
 - **assistant part** (9 positions) from the last ``<|im_start|>assistant`` of the prompt,
@@ -17,7 +17,7 @@ Per row (rows are independent: each equals that prompt generated alone):
   then P once they are used up. ``g_n`` (the Thinker's last token, usually ``<|im_end|>``) is never fed back.
 - **position ids** on ``user ids ++ [tts_pad] * 9``: the text branch (``cumsum(mask) - 1``) without media,
   else ``get_rope_index`` with the prompt's image/video grids and audio feature lengths; HF does not pass
-  ``use_audio_in_video`` to the talker, so neither do we (notes §14b). Decoding continues ``last + 1``.
+  ``use_audio_in_video`` to the talker, so neither do we. Decoding continues ``last + 1``.
 
 Batches are left-padded to ``PROMPT_BUCKET`` (the user parts right-aligned) so the talker's jitted prefill is
 reused across prompts of similar length.
@@ -167,7 +167,7 @@ def talker_positions(input_ids: np.ndarray, attention_mask: np.ndarray, cfg: Omn
                                audio_token_id=t.audio_token_id, vision_start_token_id=t.vision_start_token_id,
                                audio_start_token_id=t.audio_start_token_id, spatial_merge_size=t.spatial_merge_size,
                                position_id_per_seconds=t.position_id_per_seconds,
-                               n_window=cfg.thinker.audio.n_window)  # quirk 1: the thinker's audio window
+                               n_window=cfg.thinker.audio.n_window)  # the talker config has none: the thinker's
     img, vid = media.grids()
     pos, _ = get_rope_index(input_ids, attention_mask, img, vid, media.audio_feature_lengths,
                             media.video_second_per_grid, use_audio_in_video=False, cfg=rope_cfg)

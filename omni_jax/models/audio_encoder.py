@@ -1,6 +1,6 @@
 """The audio encoder (AuT, ``thinker.audio_tower``): log-mel frames -> audio embeddings for the Thinker.
 
-Reproduces ``Qwen3OmniMoeAudioEncoder`` as ``get_audio_features`` calls it (reference notes §3, quirks 3, 4):
+Reproduces ``Qwen3OmniMoeAudioEncoder`` as ``get_audio_features`` calls it:
 
 1. every audio is cut into chunks of ``2 * n_window = 100`` frames (the last one partial); all chunks of the
    batch are zero-padded to the *longest chunk of the batch* (100 as soon as any audio has 100 frames);

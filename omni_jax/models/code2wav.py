@@ -1,4 +1,4 @@
-"""Code2Wav: 16 codebooks of 12.5 Hz codec frames -> 24 kHz waveform (reference notes §9, quirk 8).
+"""Code2Wav: 16 codebooks of 12.5 Hz codec frames -> 24 kHz waveform (HF ``Qwen3OmniMoeCode2Wav``).
 
 codes [B, 16, T] int
   -> mean over quantizers of one shared table (per-quantizer offset q * codebook_size)     [B, T, H]

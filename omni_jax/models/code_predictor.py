@@ -1,4 +1,4 @@
-"""Code predictor (the talker's multi-token predictor): the 15 residual codes of one frame (reference §8, §7.2).
+"""Code predictor (the talker's multi-token predictor): the 15 residual codes of one frame.
 
 Per frame, as HF's talker drives ``code_predictor.generate`` (``prepare_inputs_for_generation``):
   prefill [past_hidden, talker.codec_embedding(c0)] at positions 0, 1 -> lm_head[0] -> c1

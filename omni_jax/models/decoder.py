@@ -1,7 +1,7 @@
 """The Qwen3-MoE decoder stack shared by the Thinker's text model and the Talker.
 
-Layer (reference notes §2, §5): ``h = x + Attn(RMSNorm(x))``, ``x = h + MoE(RMSNorm(h))`` with GQA, q/k
-RMSNorm over head_dim, interleaved M-RoPE applied after the q/k norms, no biases.
+Layer (HF ``Qwen3OmniMoeThinkerTextDecoderLayer``): ``h = x + Attn(RMSNorm(x))``, ``x = h + MoE(RMSNorm(h))``
+with GQA, q/k RMSNorm over head_dim, interleaved M-RoPE applied after the q/k norms, no biases.
 
 Parameters of all layers are stacked on a leading layer axis and the stack runs as ``jax.lax.scan``. The
 scan is split into segments (never unrolled) where something happens between layers: deepstack
@@ -307,7 +307,7 @@ def decoder_stack(layers: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, ma
 
 
 def text_cos_sin(position_ids: jax.Array, cfg: TextConfig, dtype):
-    """position_ids [3, B, L] -> cos, sin [B, L, head_dim] in the activation dtype (reference §6.1)."""
+    """position_ids [3, B, L] -> cos, sin [B, L, head_dim] in the activation dtype, as HF casts them."""
     return mrope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, cfg.mrope_interleaved, dtype)
 
 

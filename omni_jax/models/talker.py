@@ -1,5 +1,5 @@
 """The Talker: projections of Thinker states, a 20-layer MoE decoder with a shared expert, the codec head,
-and the multi-codebook code predictor (reference notes §7, §8).
+and the multi-codebook code predictor.
 
 The decoder stack is the one the Thinker uses (``omni_jax.models.decoder``) with the Talker's config: its
 MoE block carries the shared expert scaled by sigmoid(shared_expert_gate(x)). The Talker is always driven

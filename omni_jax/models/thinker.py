@@ -1,6 +1,6 @@
 """The Thinker's multimodal front: run the encoders on a batch's media and merge them into the prompt embeddings.
 
-HF ``Qwen3OmniMoeThinkerModel.forward`` (reference notes §5), as pure functions over the Thinker's parameter dict
+HF ``Qwen3OmniMoeThinkerModel.forward``, as pure functions over the Thinker's parameter dict
 (``pure_params(model.thinker)`` = ``{"text", "visual", "audio"}``):
 
 1. ``E = embed_tokens(input_ids)``;

@@ -1,6 +1,6 @@
 """The Thinker's text model: embedding, 48 scanned MoE decoder layers, final norm, untied lm_head.
 
-HF: ``Qwen3OmniMoeThinkerTextModel`` + ``thinker.lm_head`` (reference notes §5, §6.1).
+HF: ``Qwen3OmniMoeThinkerTextModel`` + ``thinker.lm_head``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The Thinker's vision encoder (ViT with deepstack), reference notes §4 and quirk 16.
+"""The Thinker's vision encoder (ViT with deepstack), HF ``Qwen3OmniMoeVisionEncoder``.
 
 Pipeline per call (``grids`` = static tuple of (t, h, w) in patches, one per image/video):
 patch rows [N, 1536] -> linear patch embedding (the Conv3d with kernel = stride) -> + learned 2-D position
 table resized bilinearly (align_corners=True) to each grid -> ``depth`` pre-LN blocks with 2-D rotary (fp32)
-and attention restricted to each temporal slice of each item (quirk 16) -> deepstack mergers after the
+and attention restricted to each temporal slice of each item (as in HF) -> deepstack mergers after the
 configured blocks (the scan over blocks is split at those indices) and the final merger.
 
 Attention within frames: patch rows are grouped by frame length (static), so frames of equal size run as one

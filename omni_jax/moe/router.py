@@ -1,6 +1,6 @@
 """The MoE router as a pure function, with routing-research hooks passed as static configuration.
 
-Reference semantics (notes §2, ``Qwen3OmniMoe*TopKRouter``)::
+Reference semantics (HF ``Qwen3OmniMoe*TopKRouter``)::
 
     logits = x @ W                       # activation dtype
     probs  = softmax(float32(logits))

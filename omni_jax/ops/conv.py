@@ -1,4 +1,4 @@
-"""1-D convolutions as Code2Wav uses them (reference notes §9), channels-last.
+"""1-D convolutions as Code2Wav uses them, channels-last.
 
 Layout: activations are ``[B, T, C]`` (channels last, like every other op here, so the transformer output feeds
 the convs without a transpose and the pointwise parts are plain ``linear`` calls). Kernels are stored
@@ -7,7 +7,7 @@ the convs without a transpose and the pointwise parts are plain ``linear`` calls
 - ``causal_conv1d``: HF ``CausalConvNet`` with stride 1: left-pad ``(k-1)*dilation`` zeros, no right pad.
 - ``depthwise_causal_conv1d``: the same with ``groups = C`` (ConvNeXt's ``dwconv``).
 - ``causal_trans_conv1d``: HF ``CausalTransConvNet``: a full ``ConvTranspose1d`` then trim ``k - s`` samples
-  from **both** ends (quirk 8: for ``k = 2s`` each output sample looks one input frame ahead). Output length
+  from **both** ends (so for ``k = 2s`` each output sample looks one input frame ahead). Output length
   ``(L - 1) * s + k - 2 (k - s) = (L + 1) s - k``.
 """
 

@@ -1,4 +1,4 @@
-"""Normalisations, with the reference's casting points (reference notes §2)."""
+"""Normalisations in fp32, with the reference's casting points (RMSNorm casts back before scaling by weight)."""
 
 import jax
 import jax.numpy as jnp

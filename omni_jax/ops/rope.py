@@ -1,7 +1,7 @@
 """Rotary position embeddings: 1-D, interleaved multimodal (TM-RoPE / M-RoPE), and their application.
 
 Layout is HF's half-split ("rotate_half") form, not interleaved pairs. Angles are computed in fp32;
-text models cast cos/sin to the activation dtype before use (reference notes §2, §6.1).
+text models cast cos/sin to the activation dtype before use (as HF does; bf16 in bf16 runs).
 """
 
 from typing import Sequence

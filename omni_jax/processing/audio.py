@@ -1,11 +1,11 @@
 """Audio input: decode a file to 16 kHz mono, and the 128-bin Whisper log-mel features the audio encoder reads.
 
-Loading follows the reference pipeline (reference notes §14b; transformers' ``load_audio(backend="soundfile")``,
+Loading follows the reference pipeline (transformers' ``load_audio(backend="soundfile")``,
 identical to ``librosa.load(path, sr=16000)``): decode with soundfile as float32, average the channels,
 resample with soxr's ``soxr_hq`` and pad/trim to ``ceil(n * 16000 / rate)`` samples. soundfile
 (libsndfile >= 1.1) decodes wav, flac, ogg/vorbis/opus and mp3.
 
-Features follow ``WhisperFeatureExtractor`` as ``Qwen3OmniMoeProcessor`` calls it (reference notes §11):
+Features follow ``WhisperFeatureExtractor`` as ``Qwen3OmniMoeProcessor`` calls it:
 ``padding=True`` (right-pad with zeros to the longest waveform of the batch), ``truncation=False`` (no
 limit: a 10-minute clip gives 60,000 frames; ``n_samples``/``nb_max_frames`` of the preprocessor config are
 not applied), ``return_attention_mask=True``. Per waveform of the padded batch: centred STFT (reflect pad

@@ -1,6 +1,6 @@
 """Image preprocessing for the vision encoder: load, convert to RGB, smart-resize, normalise, patchify.
 
-Reference: transformers 5.23 ``Qwen2VLImageProcessor`` family (reference notes §11, §14b). What HF does, and
+Reference: transformers 5.23 ``Qwen2VLImageProcessor`` family. What HF does, and
 what this module reproduces:
 
 - **Backend.** ``AutoImageProcessor`` picks the torchvision class (``Qwen2VLImageProcessor``) when torchvision

@@ -1,6 +1,6 @@
 """Multimodal conversations -> a left-padded token batch + media tensors + TM-RoPE positions.
 
-The job of HF's ``Qwen3OmniMoeProcessor`` (transformers 5.23, reference notes §11, §14b, quirks 6 and 15):
+The job of HF's ``Qwen3OmniMoeProcessor`` (transformers 5.23):
 
 1. each conversation (messages whose content is a string or items of type text/image/audio/video, media
    given as local paths or arrays) is rendered with the checkpoint's chat template and tokenized; every media
@@ -18,10 +18,12 @@ The job of HF's ``Qwen3OmniMoeProcessor`` (transformers 5.23, reference notes §
    (``replace_video_with_audio_token``: each video grid sits at ``t * second_per_grid * 13`` position ids,
    one per audio token, the video token first on ties);
 5. the token lists are left-padded to a bucketed length (``pad_left``) and ``get_rope_index`` gives the
-   position ids and rope deltas.
+   position ids and rope deltas (prompts without image or video, audio included, take its text branch,
+   ``cumsum(mask) - 1``, as HF does).
 
 Memory knobs (``MediaOptions``): image max/min pixels, video max/min pixels per frame, video frame rate
-(sampling; it also sets ``video_second_per_grid = 2 / fps`` as HF does when ``fps`` is passed) and max frames.
+(sampling; it also sets ``video_second_per_grid = 2 / fps`` as HF does when ``fps`` is passed,
+else HF's default fps 1.0: 2 s per grid, whatever the video's real rate) and max frames.
 
     proc = MultimodalProcessor.from_dir(checkpoint_dir, cfg)
     batch = proc([build_messages("Describe.", images=["cat.png"], audios=["q.wav"])])

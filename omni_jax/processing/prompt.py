@@ -1,6 +1,6 @@
 """Messages -> token ids: chat template, placeholder expansion, left-padded batch, position ids.
 
-This is the job of HF's ``Qwen3OmniMoeProcessor`` (reference notes §11) for text-only prompts; prompts with
+This is the job of HF's ``Qwen3OmniMoeProcessor`` for text-only prompts; prompts with
 images, audio or video go through ``omni_jax.processing.multimodal.MultimodalProcessor``.
 """
 

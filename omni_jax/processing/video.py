@@ -1,7 +1,7 @@
 """Video preprocessing: decode (PyAV, rgb24), optional frame sampling, resize, normalise, patchify.
 
-Reference: transformers 5.23 ``Qwen2VLVideoProcessor`` as configured by ``Qwen3OmniMoeProcessor`` (reference
-notes §11, quirk 15). What HF does, reproduced here bit-exactly:
+Reference: transformers 5.23 ``Qwen2VLVideoProcessor`` as configured by ``Qwen3OmniMoeProcessor``. What HF
+does, reproduced here bit-exactly:
 
 - **Frames.** ``do_sample_frames`` is False by default: every decoded frame is used. With sampling on
   (``fps=`` or ``num_frames=``), indices are ``arange(0, total, total / n).int()`` where ``n`` is
@@ -18,7 +18,7 @@ notes §11, quirk 15). What HF does, reproduced here bit-exactly:
 - **Temporal padding**: the frame count is padded to a multiple of ``temporal_patch_size`` (2) by repeating
   the last frame; ``grid_t = frames / 2``.
 - **Patch rows** (t, block row, block col, in-block row, in-block col) x (channel, temporal, y, x).
-- **Time per grid** (quirk 15): the processor sets ``video_second_per_grid = temporal_patch_size / fps`` where
+- **Time per grid**: the processor sets ``video_second_per_grid = temporal_patch_size / fps`` where
   ``fps`` is the value *passed to the processor call*, defaulting to **1.0** whatever the video's real frame
   rate and whether or not frames were sampled. ``preprocess_videos(..., fps=None)`` follows that.
 """
@@ -189,7 +189,7 @@ def preprocess_videos(videos: Sequence, cfg: VideoPreprocessConfig = VideoPrepro
     """Videos -> (pixel_values_videos [N, 1536] float32, video_grid_thw [n, 3] int64, video_second_per_grid).
 
     ``fps`` is what the caller tells the processor the frames' rate is; it only sets
-    ``video_second_per_grid = temporal_patch_size / fps`` (default 1.0 as in HF, quirk 15).
+    ``video_second_per_grid = temporal_patch_size / fps`` (default 1.0 as in HF, whatever the real frame rate).
     """
     rows, grids = [], []
     for i, video in enumerate(videos):

@@ -5,7 +5,7 @@ Same protocol as tests/generation/test_speech.py (text prompts): thinker ids and
 must be equal, waveforms correlate >= 0.999 (``compare_wavs``). The prompt comes from ``MultimodalProcessor``
 and ``prepare_prompt``; ``speak`` reads the talker's media metadata (image grid / audio lengths) from the
 PreparedPrompt (or from ``media=``). HF gets the same processor tensors (``batch.hf_inputs()``, bucket padding columns dropped).
-HF's talker ``get_rope_index`` reads ``talker.config.audio_config`` (reference notes §13 quirk 1); the
+HF's talker ``get_rope_index`` reads ``talker.config.audio_config``, which the talker config lacks; the
 reference run sets it from the thinker config, which changes nothing for these prompts.
 """
 
@@ -39,7 +39,7 @@ def setup(tiny_ckpt):
     params = pure_params(model)
     hf = Qwen3OmniMoeForConditionalGeneration.from_pretrained(tiny_ckpt, dtype=torch.float32,
                                                               attn_implementation="eager").eval()
-    if not hasattr(hf.talker.config, "audio_config"):  # §13 quirk 1
+    if not hasattr(hf.talker.config, "audio_config"):  # HF's talker get_rope_index reads it
         hf.talker.config.audio_config = hf.config.thinker_config.audio_config
     proc = MultimodalProcessor.from_dir(tiny_ckpt, cfg)
     return cfg, params, hf, proc, ThinkerEngine(cfg, params["thinker"]["text"]), {}

@@ -103,7 +103,7 @@ def test_greedy_codes_match_hf(setup):
     refs = [hf_codes(hf, cfg, x, t, pad)[1] for x, t in prompts]
     ours = TalkerEngine(cfg.talker, params).generate(talker_prompt(prompts, pad), M - 1, TalkerSampling.greedy())
     for ref, got in zip(refs, ours):
-        assert ref.shape == (M - 1, 16)  # no EOS: the M-th sampled token gets no frame (quirk 10)
+        assert ref.shape == (M - 1, 16)  # no EOS: the M-th sampled token gets no frame
         np.testing.assert_array_equal(got, ref)
 
 

@@ -5,7 +5,8 @@
    ``inputs_embeds``, ``trailing_text_hidden``, ``tts_pad_embed``, ``talker_input_ids``, ``attention_mask``.
 2. Multimodal user parts (audio and image placeholders -> ``hidden_projection`` of the tapped hidden state) on
    synthetic Thinker records, against HF's ``_get_talker_user_parts`` / ``_get_talker_assistant_parts``, and
-   the talker's M-RoPE positions against HF ``talker.get_rope_index`` (with quirk 1's audio_config workaround).
+   the talker's M-RoPE positions against HF ``talker.get_rope_index`` (given the thinker's
+   audio_config: the talker config has none and HF crashes without it).
 Tolerance 1e-5 max abs (embeddings O(1); the same fp32 matmuls in a different batch shape differ by ~1e-7).
 """
 
@@ -167,7 +168,7 @@ def test_multimodal_user_part_and_positions_match_hf(setup):
 
     talker_ids = np.concatenate([ids[users], asst_ids[0].numpy()])[None]
     np.testing.assert_array_equal(ours.input_ids[:, -n:], talker_ids)
-    hf.talker.config.audio_config = hf.config.thinker_config.audio_config  # quirk 1 (reference crashes without)
+    hf.talker.config.audio_config = hf.config.thinker_config.audio_config  # the talker config has none: HF crashes
     ref_pos, _ = hf.talker.get_rope_index(torch.tensor(talker_ids), torch.tensor([[1, 4, 4]]), None,
                                           torch.ones_like(torch.tensor(talker_ids)), False, torch.tensor([20]), None)
     np.testing.assert_array_equal(ours.position_ids[:, :, -n:], ref_pos.numpy())

@@ -236,7 +236,7 @@ def test_rules_cover_real_model_names_and_shapes():
     """Real widths and 32 layers, from HF's module built on the meta device (no memory, no download).
 
     The audio tower's names are the same on disk (``thinker.audio_tower.*``) and in memory
-    (``thinker.model.audio_tower.*``) below the prefix (reference notes §12).
+    (``thinker.model.audio_tower.*``) below the prefix.
     """
     import torch
     from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig

@@ -213,8 +213,9 @@ def test_streamer_yields_same_pieces_with_one_compilation(setup):
 
 
 def test_chunked_vs_one_shot(setup):
-    """Quirk 8: each chunk loses the last wav_length tail (555 samples in the real chain: the samples that need the
-    next frame), and chunks only see ``left_context`` frames of history. Measured here; stated in the report."""
+    """HF's chunked decode: each chunk loses the last wav_length tail (555 samples in the real chain: the
+    samples that need the next frame), and chunks only see ``left_context`` frames of history. Measured here;
+    stated in the report."""
     hf, model, cfg = setup
     t, chunk, ctx = 20, 7, 3  # T=20 and window 10 are compiled by the tests above
     codes = _codes(20, 2, t, cfg)

@@ -93,7 +93,7 @@ def test_causal_trans_conv_matches_hf(k, s):
 
 
 def test_trans_conv_looks_one_frame_ahead():
-    """Quirk 8: with k = 2s, output sample n depends on input frame floor(n/s) + 1."""
+    """HF trims k - s samples from both ends: with k = 2s, output sample n depends on input frame floor(n/s) + 1."""
     rng = np.random.default_rng(4)
     s = 4
     x = rng.normal(size=(1, 6, 3)).astype(np.float32)

@@ -64,7 +64,7 @@ def test_frame_lists_match_hf(media):
     grids = ours[1].tolist()
     assert grids[0][0] == 2 and grids[1][0] == 2 and grids[2][0] == 1
     assert grids[2][1] * grids[2][2] * 256 <= 768 * 32 * 32  # per-frame max pixels enforced
-    assert ours[2] == [2.0, 2.0, 2.0]  # quirk 15: fps defaults to 1.0 -> 2 s per temporal grid
+    assert ours[2] == [2.0, 2.0, 2.0]  # HF: fps defaults to 1.0 -> 2 s per temporal grid
 
 
 def test_video_file_and_frame_folder(media, tmp_path):
