@@ -34,6 +34,12 @@ def tiny_ckpt(fixture_root) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_tamed_ckpt(fixture_root) -> Path:
+    """``tiny_ckpt`` with its Code2Wav rescaled so the waveform is unsaturated (the same tokens and codec codes)."""
+    return cached_checkpoint(fixture_root, "tiny_omni_tamed", tiny_config_dict(), seed=0, tame_code2wav=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_thinker_only_ckpt(fixture_root) -> Path:
     return cached_checkpoint(fixture_root, "tiny_thinker_only", tiny_config_dict(with_talker=False), seed=1)
 
@@ -53,3 +59,15 @@ def demo_compilation_cache(tmp_path_factory) -> Path:
     """A persistent compilation cache shared by the tests that run the same demo calls in different processes
     (the README's examples in this one, the quickstart notebook in a kernel): the second compiles less."""
     return tmp_path_factory.mktemp("demo_compilation_cache")
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_ROOT_ENTRIES = set(os.listdir(REPO_ROOT))
+
+
+@pytest.fixture(autouse=True)
+def nothing_written_to_the_repository_root():
+    """Tests write into their temporary folders: a file left in the checkout's root fails the test that made it."""
+    yield
+    new = sorted(set(os.listdir(REPO_ROOT)) - _ROOT_ENTRIES - {".pytest_cache", "__pycache__"})
+    assert not new, f"this test wrote {new} into the repository root"

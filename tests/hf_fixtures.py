@@ -176,6 +176,37 @@ def build_hf_model(config_dict: dict, seed: int = 0, dtype="float32", attn="eage
     return model
 
 
+def tame_code2wav_(c2w, seed=0) -> None:
+    """Rescale every decoder conv of a HF ``Qwen3OmniMoeCode2Wav`` (weight and bias) in one calibration pass so
+    its output std is O(1): the tiny decoder otherwise reaches ~1e5, and its clamped waveform is +-1 almost
+    everywhere, which hides any error."""
+    import torch
+
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
+        Qwen3OmniMoeCausalConvNet,
+        Qwen3OmniMoeCausalTransConvNet,
+    )
+
+    targets = {}
+    for name, mod in c2w.decoder.named_modules():
+        if isinstance(mod, (Qwen3OmniMoeCausalConvNet, Qwen3OmniMoeCausalTransConvNet)):
+            targets[mod] = 0.3 if name.endswith("conv2") else 1.0
+    targets[c2w.decoder[-1]] = 0.3
+
+    def hook(mod, inp, out):
+        s = targets[mod] / float(out.std())
+        mod.conv.weight.mul_(s)
+        mod.conv.bias.mul_(s)
+        return out * s
+
+    handles = [m.register_forward_hook(hook) for m in targets]
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        c2w(torch.randint(0, c2w.config.codebook_size, (2, c2w.config.num_quantizers, 24), generator=g))
+    for h in handles:
+        h.remove()
+
+
 def save_hf_checkpoint(model, out_dir: str | Path, with_tokenizer: bool = True) -> Path:
     """save_pretrained (original per-expert layout) plus the real tokenizer files and chat template."""
     out_dir = Path(out_dir)
@@ -187,12 +218,16 @@ def save_hf_checkpoint(model, out_dir: str | Path, with_tokenizer: bool = True) 
     return out_dir
 
 
-def cached_checkpoint(cache_root: Path, name: str, config_dict: dict, seed: int = 0) -> Path:
-    """Build once per cache_root (pytest's session tmp dir or a user cache) and reuse."""
+def cached_checkpoint(cache_root: Path, name: str, config_dict: dict, seed: int = 0, tame_code2wav: bool = False
+                      ) -> Path:
+    """Build once per cache_root (pytest's session tmp dir or a user cache) and reuse. ``tame_code2wav``: the
+    Code2Wav rescaled (``tame_code2wav_``) so its waveform is unsaturated, for whole-model waveform checks."""
     out = Path(cache_root) / name
     if (out / "config.json").exists():
         return out
     model = build_hf_model(config_dict, seed=seed)
+    if tame_code2wav:
+        tame_code2wav_(model.code2wav, seed)
     tmp = Path(str(out) + f".tmp{os.getpid()}")
     save_hf_checkpoint(model, tmp)
     (tmp / "fixture.json").write_text(json.dumps({"seed": seed, "config": config_dict}))

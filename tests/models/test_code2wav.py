@@ -1,8 +1,8 @@
 """Code2Wav against HF ``model.code2wav`` on the tiny random model, fp32.
 
 The tiny fixture's decoder blows up (activations ~1e5 after four blocks, so the clamped output is +-1 almost
-everywhere and would hide any error); ``_tame_decoder_`` rescales each decoder conv of the HF model (weights and
-bias together, one calibration pass) so every stage stays O(1) and the waveform is mostly unsaturated.
+everywhere and would hide any error); ``hf_fixtures.tame_code2wav_`` rescales each decoder conv of the HF model
+(weights and bias together, one calibration pass) so every stage stays O(1) and the waveform is mostly unsaturated.
 
 Tolerance: 1e-4 max abs on the waveform (values O(0.3)); reached: ~1e-5 on the waveform, ~1e-6 after the
 transformer (printed with -s).
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from hf_fixtures import hf_config, randomize_, tiny_config_dict
+from hf_fixtures import hf_config, randomize_, tame_code2wav_, tiny_config_dict
 from component_loading import load_from_hf, param_shapes
 
 from omni_jax.config import OmniConfig
@@ -46,33 +46,6 @@ TOL = 1e-4
 
 
 
-def _tame_decoder_(c2w, seed=0) -> None:
-    """Rescale every decoder conv (weight and bias) in one calibration pass so its output std is O(1)."""
-    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
-        Qwen3OmniMoeCausalConvNet,
-        Qwen3OmniMoeCausalTransConvNet,
-    )
-
-    targets = {}
-    for name, mod in c2w.decoder.named_modules():
-        if isinstance(mod, (Qwen3OmniMoeCausalConvNet, Qwen3OmniMoeCausalTransConvNet)):
-            targets[mod] = 0.3 if name.endswith("conv2") else 1.0
-    targets[c2w.decoder[-1]] = 0.3
-
-    def hook(mod, inp, out):
-        s = targets[mod] / float(out.std())
-        mod.conv.weight.mul_(s)
-        mod.conv.bias.mul_(s)
-        return out * s
-
-    handles = [m.register_forward_hook(hook) for m in targets]
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        c2w(torch.randint(0, c2w.config.codebook_size, (2, c2w.config.num_quantizers, 24), generator=g))
-    for h in handles:
-        h.remove()
-
-
 def build_hf_code2wav(cfg_dict, seed):
     """HF ``Qwen3OmniMoeCode2Wav`` alone (same config and re-draw as ``build_hf_model``, ~1 s instead of ~6 s)."""
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeCode2Wav
@@ -96,7 +69,7 @@ def setup():
 def _setup():
     cfg_dict = tiny_config_dict()
     hf = build_hf_code2wav(cfg_dict, seed=0)
-    _tame_decoder_(hf)
+    tame_code2wav_(hf)
     cfg = OmniConfig.from_hf(cfg_dict).code2wav
     model = Code2Wav.abstract(cfg)
     load_from_hf(model, hf_rules(cfg), hf.state_dict())
