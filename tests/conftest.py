@@ -62,12 +62,12 @@ def demo_compilation_cache(tmp_path_factory) -> Path:
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_ROOT_ENTRIES = set(os.listdir(REPO_ROOT))
 
 
 @pytest.fixture(autouse=True)
 def nothing_written_to_the_repository_root():
     """Tests write into their temporary folders: a file left in the checkout's root fails the test that made it."""
+    before = set(os.listdir(REPO_ROOT))
     yield
-    new = sorted(set(os.listdir(REPO_ROOT)) - _ROOT_ENTRIES - {".pytest_cache", "__pycache__"})
+    new = sorted(set(os.listdir(REPO_ROOT)) - before - {".pytest_cache", "__pycache__"})
     assert not new, f"this test wrote {new} into the repository root"
