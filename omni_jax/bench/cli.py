@@ -79,12 +79,9 @@ print(json.dumps({"token_ids": gen, "samples": int(samples.size), "in_process_s"
 
 def build_checkpoint(directory: Path) -> Path:
     """The tiny test checkpoint: HF model of the demo config, weights re-drawn, saved with the tokenizer files."""
-    from omni_jax.bench.generate import build_hf, config_dict
-    from omni_jax.processing.assets import copy_tokenizer_files
+    from omni_jax.bench.generate import build_checkpoint as build_hf_checkpoint, config_dict
 
-    model = build_hf(config_dict("tiny", 1))
-    model.save_pretrained(directory, safe_serialization=True)
-    copy_tokenizer_files(directory)
+    build_hf_checkpoint(directory, config_dict("tiny", 1))
     return directory
 
 

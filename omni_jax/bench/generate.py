@@ -108,13 +108,13 @@ def build_checkpoint(directory: Path, config: dict, seed: int = 0) -> None:
     from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeConfig
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeForConditionalGeneration
 
-    from omni_jax.bench.speech import _redraw_
+    from omni_jax.bench.speech import redraw_
     from omni_jax.processing.assets import copy_tokenizer_files
 
     torch.manual_seed(seed)
     cfg = Qwen3OmniMoeConfig(**{k: v for k, v in config.items() if k not in ("architectures", "transformers_version")})
     model = Qwen3OmniMoeForConditionalGeneration(cfg)
-    _redraw_(model, seed)
+    redraw_(model, seed)
     model.float().eval().save_pretrained(directory, safe_serialization=True)
     copy_tokenizer_files(directory)
 

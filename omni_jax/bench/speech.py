@@ -34,7 +34,7 @@ from omni_jax.bench.timing import emit_json, print_table, time_fn
 from omni_jax.config import Code2WavConfig, CodePredictorConfig, TalkerConfig
 
 
-def _redraw_(module, seed: int) -> None:
+def redraw_(module, seed: int) -> None:
     """Deterministic weights of sensible scale (transformers can leave some tensors uninitialised)."""
     import torch
 
@@ -89,7 +89,7 @@ def build_code_predictor(cfg: CodePredictorConfig, seed: int = 0):
     )
     hcfg._attn_implementation = "sdpa"
     hf = HFCodePredictor(hcfg).eval()
-    _redraw_(hf, seed)
+    redraw_(hf, seed)
     return hf, _jax_params(CodePredictor.abstract(cfg), hf_rules(cfg), hf)
 
 
@@ -191,7 +191,7 @@ def build_code2wav(cfg: Code2WavConfig, seed: int = 0):
     )
     hcfg._attn_implementation = "sdpa"
     hf = Qwen3OmniMoeCode2Wav(hcfg).eval()
-    _redraw_(hf, seed)
+    redraw_(hf, seed)
     return hf, _jax_params(Code2Wav.abstract(cfg), hf_rules(cfg), hf)
 
 

@@ -273,7 +273,7 @@ def main(argv=None) -> dict:
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--kv", type=int, default=512)
     p.add_argument("--depths", default="1,2,4,8", help="layer counts of the per-layer decode rows ('' = none)")
-    p.add_argument("--experts", type=int, default=128, help="experts per layer in the depth rows (memory)")
+    p.add_argument("--experts", type=int, default=16, help="experts per layer in the depth rows (128 at depth 8 needs > 24 GB)")
     p.add_argument("--repeat", type=int, default=5, help="timed runs of each depth row (median reported)")
     p.add_argument("--no-hf", action="store_true", help="skip the HF reference")
     args = p.parse_args(argv)
