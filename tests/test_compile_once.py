@@ -34,3 +34,21 @@ def test_second_call_of_a_bucket_does_not_compile(tiny_ckpt):
     n = len(COMPILES)
     model.generate([build_messages("Three"), build_messages("Four words here")], **kw)
     assert len(COMPILES) == n
+
+
+def test_a_cold_call_compiles_each_program_once(tiny_ckpt):
+    """The compile-ahead thread compiles the later programs from abstract arguments; the real calls must find
+    them (same input shardings), not compile them a second time."""
+    from omni_jax.compilation import CompileLog
+
+    jax.clear_caches()
+    model = omni_jax.load(tiny_ckpt)
+    with CompileLog() as log:
+        out = model.generate(build_messages("Hello there, how are you?"), max_new_tokens=6, max_speech_frames=5,
+                             talker_sampling=TalkerSampling.greedy())
+    assert out.wav is not None
+    names = {name.split("(")[-1].rstrip(")") for name in log.programs}
+    assert {"thinker_prefill", "thinker_decode_step", "_assemble", "talker_prefill", "talker_frame_step",
+            "decode_window"} <= names, sorted(log.programs)
+    twice = {name: p.compiled for name, p in log.programs.items() if p.compiled > 1}
+    assert not twice, f"compiled more than once in one call: {twice}\n{log.table()}"

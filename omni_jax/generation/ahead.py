@@ -65,3 +65,17 @@ def discard() -> None:
         _pending.clear()
     for future in futures:
         future.cancel()
+
+
+def committed(tree):
+    """``tree`` with every ShapeDtypeStruct that has no sharding placed on the default device, as a jitted call's
+    outputs are. A jitted function takes its input shardings from its committed arguments, so an abstract
+    argument without one lowers (and compiles) a different program from the real call's."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def place(x):
+        if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device, weak_type=x.weak_type)
+        return x
+
+    return jax.tree.map(place, tree)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.config import TalkerConfig
-from omni_jax.generation.ahead import wait_for
+from omni_jax.generation.ahead import committed, wait_for
 from omni_jax.generation.sampling import SamplingConfig, sample
 from omni_jax.generation.talker_prompt import TalkerPrompt
 from omni_jax.generation.thinker_engine import CACHE_BUCKET
@@ -246,7 +246,7 @@ class TalkerEngine:
         will run for a prompt like ``prompt`` (its device arrays may be ShapeDtypeStructs)."""
         seeds = np.asarray(seeds, np.uint32)
         cache_size = self.cache_size(prompt.length, max_frames)
-        args = (prompt.inputs_embeds, prompt.position_ids, prompt.attention_mask, seeds)
+        args = (committed(prompt.inputs_embeds), prompt.position_ids, prompt.attention_mask, seeds)
 
         def prefill():
             talker_prefill.lower(self.params, self.cfg, self.opts, sampling, cache_size, *args).compile()
@@ -255,9 +255,9 @@ class TalkerEngine:
             state, _ = jax.eval_shape(
                 lambda *a: talker_prefill(self.params, self.cfg, self.opts, sampling, cache_size, *a), *args)
             active = np.ones(prompt.batch, bool)
-            talker_frame_step.lower(self.params, self.cfg, self.opts, sampling, state, active, prompt.next_position,
-                                    prompt.trailing_text, prompt.trailing_lengths, prompt.tts_pad_embed,
-                                    seeds).compile()
+            talker_frame_step.lower(self.params, self.cfg, self.opts, sampling, committed(state), active,
+                                    prompt.next_position, committed(prompt.trailing_text), prompt.trailing_lengths,
+                                    committed(prompt.tts_pad_embed), seeds).compile()
 
         return [("talker_prefill", prefill), ("talker_frame_step", step)]
 

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.errors import UsageError
+from omni_jax.generation.ahead import committed
 from omni_jax.config import OmniConfig
 from omni_jax.models.prompt import PROMPT_BUCKET, round_up
 from omni_jax.models.talker import resize_mlp
@@ -326,6 +327,7 @@ def compile_talker_prompt(plan: TalkerPlan, talker_params: dict, thinker_embed_t
     b = plan.cols.shape[0]
     gen = jax.ShapeDtypeStruct((b, g_width, prompt_embeds.shape[-1]), prompt_embeds.dtype)
     rows = jax.ShapeDtypeStruct((b,), np.int32)
+    prompt_embeds, prompt_hidden = committed((prompt_embeds, prompt_hidden))  # Thinker outputs; gen: host
     lowered = _assemble.lower(talker_params, thinker_embed_table, plan.special_ids, plan.codec_ids, prompt_embeds,
                               prompt_hidden if plan.has_mm else None, gen, plan.cols, plan.valid, plan.mm,
                               plan.head_cols, rows, _trail_src(t_width, g_width), rows, has_mm=plan.has_mm)

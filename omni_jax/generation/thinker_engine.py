@@ -19,7 +19,7 @@ import numpy as np
 
 from omni_jax.errors import UsageError
 from omni_jax.config import OmniConfig, TextConfig
-from omni_jax.generation.ahead import wait_for
+from omni_jax.generation.ahead import committed, wait_for
 from omni_jax.generation.sampling import SamplingConfig
 from omni_jax.generation.thinker_steps import thinker_decode_step, thinker_prefill
 from omni_jax.models import thinker_text
@@ -101,7 +101,7 @@ class ThinkerEngine:
                 prompt.input_ids, prompt.attention_mask, prompt.position_ids, prompt.rope_deltas, np.uint32(0),
                 prompt.inputs_embeds, prompt.deepstack)
             thinker_decode_step.lower(self.params, self.text_cfg, dataclasses.replace(opts, taps=()), sampling,
-                                      state).compile()
+                                      committed(state)).compile()
 
         return [("thinker_decode_step", job)]
 
