@@ -11,7 +11,6 @@ layers; the vision encoder keeps three deepstack mergers after its first blocks.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -18,6 +19,11 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# hypothesis keeps its files (example database, caches) in ./.hypothesis by default: not in the checkout
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
+
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "omni_jax-tests-hypothesis")
 
 from hf_fixtures import cached_checkpoint, tiny_config_dict  # noqa: E402
 

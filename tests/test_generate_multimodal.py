@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from multimodal_helpers import media  # noqa: F401  (fixture)
 from omni_jax.generation.sampling import SamplingConfig

@@ -5,12 +5,10 @@ import json
 import subprocess
 import sys
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from omni_jax.config import OmniConfig
 from omni_jax.generation import thinker_engine
 from omni_jax.generation.sampling import SamplingConfig
 from omni_jax.generation.thinker_engine import ThinkerEngine

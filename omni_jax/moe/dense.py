@@ -5,7 +5,6 @@ O(T · E) work and a [T, E, H] intermediate: for tests only, never picked by ``a
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from omni_jax.moe.experts import all_expert_weights, swiglu

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from omni_jax.config import OmniConfig
 from omni_jax.models.prompt import PROMPT_BUCKET, PreparedPrompt, pad_left
