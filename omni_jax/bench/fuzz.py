@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,6 +24,35 @@ from omni_jax.bench.fuzz_targets import (NUMERIC_FLAGS, FuzzFailure, flags_check
                                          random_mutation, run_case, run_flags_case)
 
 FLAG_TARGET = "cli-flags"
+
+
+def run_cases(name: str, cases: int, draw: Callable, failures: list, save: Path | None) -> tuple[dict, float]:
+    """``cases`` cases of one target, each in its own empty folder: ``draw()`` gives (what was mutated, the input
+    bytes or None, the case as a function of its folder). Returns the outcome counts and the seconds taken;
+    every failure is appended to ``failures`` (its input written under ``save`` if given)."""
+    counts = {"valid": 0, "error": 0, "failed": 0}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as d:
+        for i in range(cases):
+            kind, data, case = draw()
+            work = Path(d) / f"case{i}"
+            work.mkdir()
+            try:
+                counts[case(work)] += 1
+            except FuzzFailure as e:
+                counts["failed"] += 1
+                failures.append({"target": name, "case": i, "mutation": kind, "error": str(e)})
+                if save is not None and data is not None:
+                    save.mkdir(parents=True, exist_ok=True)
+                    (save / f"{name}-{i}.bin").write_bytes(data)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    return counts, time.perf_counter() - t0
+
+
+def print_row(name: str, cases: int, counts: dict, seconds: float, note: str) -> None:
+    print(f"{name:<12} {cases:>6} {counts['valid']:>6} {counts['error']:>6} {counts['failed']:>6} {seconds:>7.1f}   "
+          f"{note}", flush=True)
 
 
 def main(argv: list[str]) -> dict:
@@ -40,56 +71,28 @@ def main(argv: list[str]) -> dict:
     print(f"{'target':<12} {'cases':>6} {'valid':>6} {'error':>6} {'failed':>6} {'s':>7}   mutations")
     for name, target in targets.items():
         rng = np.random.default_rng([args.seed, sum(map(ord, name))])
-        counts = {"valid": 0, "error": 0, "failed": 0}
         kinds: dict[str, int] = {}
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as d:
-            for i in range(args.cases):
-                kind, data = random_mutation(target.sample, rng)
-                kinds[kind] = kinds.get(kind, 0) + 1
-                work = Path(d) / f"case{i}"
-                work.mkdir()
-                try:
-                    counts[run_case(target, data, work)] += 1
-                except FuzzFailure as e:
-                    counts["failed"] += 1
-                    failures.append({"target": name, "case": i, "mutation": kind, "error": str(e)})
-                    if args.save is not None:
-                        args.save.mkdir(parents=True, exist_ok=True)
-                        (args.save / f"{name}-{i}.bin").write_bytes(data)
-                finally:
-                    import shutil
 
-                    shutil.rmtree(work, ignore_errors=True)
-        seconds = time.perf_counter() - t0
+        def draw(rng=rng, kinds=kinds, target=target):
+            kind, data = random_mutation(target.sample, rng)
+            kinds[kind] = kinds.get(kind, 0) + 1
+            return kind, data, lambda work: run_case(target, data, work)
+
+        counts, seconds = run_cases(name, args.cases, draw, failures, args.save)
         report[name] = {**counts, "cases": args.cases, "seconds": round(seconds, 1), "mutations": kinds}
-        mut = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-        print(f"{name:<12} {args.cases:>6} {counts['valid']:>6} {counts['error']:>6} {counts['failed']:>6} "
-              f"{seconds:>7.1f}   {mut}", flush=True)
+        print_row(name, args.cases, counts, seconds, ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
     if with_flags:
         rng = np.random.default_rng([args.seed, 7])
-        counts = {"valid": 0, "error": 0, "failed": 0}
-        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="fuzz-flags-") as d:
             ckpt = flags_checkpoint(Path(d) / "ckpt")
-            for i in range(args.cases):
-                flags = random_flags(rng)
-                work = Path(d) / f"case{i}"
-                work.mkdir()
-                try:
-                    counts[run_flags_case(ckpt, flags, work)] += 1
-                except FuzzFailure as e:
-                    counts["failed"] += 1
-                    failures.append({"target": FLAG_TARGET, "case": i, "mutation": " ".join(flags), "error": str(e)})
-                finally:
-                    import shutil
 
-                    shutil.rmtree(work, ignore_errors=True)
-        seconds = time.perf_counter() - t0
+            def draw_flags():
+                flags = random_flags(rng)
+                return " ".join(flags), None, lambda work: run_flags_case(ckpt, flags, work)
+
+            counts, seconds = run_cases(FLAG_TARGET, args.cases, draw_flags, failures, None)
         report[FLAG_TARGET] = {**counts, "cases": args.cases, "seconds": round(seconds, 1)}
-        print(f"{FLAG_TARGET:<12} {args.cases:>6} {counts['valid']:>6} {counts['error']:>6} {counts['failed']:>6} "
-              f"{seconds:>7.1f}   1-3 of the {len(NUMERIC_FLAGS)} numeric flags per case",
-              flush=True)
+        print_row(FLAG_TARGET, args.cases, counts, seconds, f"1-3 of the {len(NUMERIC_FLAGS)} numeric flags per case")
     for f in failures[:20]:
         print(f"FAILED {f['target']} case {f['case']} ({f['mutation']}): {f['error']}", file=sys.stderr)
     result = {"benchmark": "fuzz", "seed": args.seed, "targets": report, "failures": failures}

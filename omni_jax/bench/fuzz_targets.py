@@ -296,6 +296,23 @@ def random_flags(rng: np.random.Generator) -> list[str]:
     return argv
 
 
+def classify(label: str, run: Callable[[], object], seconds: float = CASE_SECONDS) -> str:
+    """Run one case under a time limit: "valid", or "error" for an OmniJaxError with a one-line message;
+    FuzzFailure (naming ``label``) for a longer message, a timeout or any other exception."""
+    try:
+        with time_limit(seconds):
+            run()
+        return "valid"
+    except OmniJaxError as e:
+        if len([line for line in str(e).splitlines() if line.strip()]) != 1:
+            raise FuzzFailure(f"{label}: {type(e).__name__} message is not one line: {str(e)!r}") from e
+        return "error"
+    except CaseTimeout:
+        raise FuzzFailure(f"{label}: a case ran longer than {seconds} s") from None
+    except Exception as e:
+        raise FuzzFailure(f"{label}: {type(e).__name__}: {e}".splitlines()[0]) from e
+
+
 _OPENED: dict = {}
 
 
@@ -306,22 +323,15 @@ def run_flags_case(checkpoint: Path, flags: list[str], work: Path, seconds: floa
 
     argv = ["--checkpoint", str(checkpoint), "--prompt", "hi", "--wav-out", str(work / "x.wav"),
             "--compilation-cache", "off", *flags]
-    try:
-        with time_limit(seconds):
-            args = build_parser().parse_args(argv)
-            check_flags(args)
-            if str(checkpoint) not in _OPENED:
-                _OPENED[str(checkpoint)] = open_model(args)
-            prepare_request(_OPENED[str(checkpoint)], args)
-        outcome = "valid"
-    except OmniJaxError as e:
-        if len([line for line in str(e).splitlines() if line.strip()]) != 1:
-            raise FuzzFailure(f"cli-flags {flags}: message is not one line: {str(e)!r}") from e
-        outcome = "error"
-    except CaseTimeout:
-        raise FuzzFailure(f"cli-flags {flags}: ran longer than {seconds} s") from None
-    except Exception as e:
-        raise FuzzFailure(f"cli-flags {flags}: {type(e).__name__}: {e}".splitlines()[0]) from e
+
+    def run():
+        args = build_parser().parse_args(argv)
+        check_flags(args)
+        if str(checkpoint) not in _OPENED:
+            _OPENED[str(checkpoint)] = open_model(args)
+        prepare_request(_OPENED[str(checkpoint)], args)
+
+    outcome = classify(f"cli-flags {flags}", run, seconds)
     if any(work.iterdir()):
         raise FuzzFailure(f"cli-flags {flags}: wrote {sorted(p.name for p in work.iterdir())} before any work")
     return outcome
@@ -362,19 +372,7 @@ def make_targets(names: list[str] | None = None) -> dict[str, Target]:
 def run_case(target: Target, data: bytes, work: Path, seconds: float = CASE_SECONDS) -> str:
     """"valid" or "error" (an OmniJaxError with a one-line message); FuzzFailure for anything else."""
     path = target.write(work, data)
-    try:
-        with time_limit(seconds):
-            target.run(path, work)
-        outcome = "valid"
-    except OmniJaxError as e:
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        if len(lines) != 1:
-            raise FuzzFailure(f"{target.name}: {type(e).__name__} message is not one line: {str(e)!r}") from e
-        outcome = "error"
-    except CaseTimeout:
-        raise FuzzFailure(f"{target.name}: a case ran longer than {seconds} s") from None
-    except Exception as e:
-        raise FuzzFailure(f"{target.name}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    outcome = classify(target.name, lambda: target.run(path, work), seconds)
     problem = target.outputs_ok(work, outcome == "valid")
     if problem:
         raise FuzzFailure(f"{target.name}: {problem}")

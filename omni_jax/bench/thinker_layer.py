@@ -59,26 +59,9 @@ def prefill_flops(cfg: TextConfig, n: int) -> float:
 
 def jax_decode_stack(cfg: TextConfig, kv: int, tap: int | None, repeat: int, seed: int = 0) -> dict:
     """One fp32 decode step through ``cfg.num_layers`` stacked layers (a tap after layer ``tap``)."""
-    from flax import nnx
+    from omni_jax.models.decoder import KVCache
 
-    from omni_jax.models.common import pure_params
-    from omni_jax.models.decoder import (DecoderLayers, KVCache, StackOptions, decoder_stack, stack_mask,
-                                         text_cos_sin, with_layer_views)
-
-    layers = pure_params(DecoderLayers(cfg, nnx.Rngs(seed), dtype=jnp.float32))
-    layers = jax.tree.map(lambda a: a if a.ndim > 2 else jnp.ones_like(a), layers)  # norms = 1
-    layers = with_layer_views(layers)  # as the decode engines run (per-layer projections read in place)
-    opts = StackOptions.uniform(cfg, taps=() if tap is None else (tap,))
-
-    def step(layers, x, pos, cache):
-        cos, sin = text_cos_sin(pos, cfg, x.dtype)
-        am = jnp.ones(x.shape[:2], jnp.int32)
-        mask, valid = stack_mask(am, cache, cache.length, x.shape[1])
-        y, kv_, _, hidden = decoder_stack(layers, x, cos, sin, mask, cfg, opts, cache=cache, slot=cache.length,
-                                          token_mask=am.astype(bool))
-        return y, hidden, KVCache(kv_[0], kv_[1], valid, cache.length + x.shape[1])
-
-    step = jax.jit(step)
+    layers, step = jax_stack(cfg, jnp.float32, seed, tap)
     cache = KVCache.create(cfg, 1, kv + 1, jnp.float32)
     cache = KVCache(cache.k, cache.v, cache.valid.at[:, :kv].set(True), jnp.asarray(kv, jnp.int32))
     x1 = jnp.asarray(np.random.default_rng(seed).standard_normal((1, 1, cfg.hidden_size)), jnp.float32)
@@ -118,7 +101,9 @@ def hf_decode_stack(cfg: TextConfig, kv: int, repeat: int) -> dict:
     return best_of_experts_implementations(hc, timed)
 
 
-def jax_layer(cfg: TextConfig, dtype, n_prefill: int, kv: int, seed: int = 0):
+def jax_stack(cfg: TextConfig, dtype, seed: int = 0, tap: int | None = None):
+    """``cfg.num_layers`` random decoder layers (norms = 1; per-layer projection views, as the decode engines
+    read them) and a jitted cached forward ``(layers, x, pos, cache) -> (y, tapped hidden, cache)``."""
     from flax import nnx
 
     from omni_jax.models.common import pure_params
@@ -126,19 +111,25 @@ def jax_layer(cfg: TextConfig, dtype, n_prefill: int, kv: int, seed: int = 0):
                                          text_cos_sin, with_layer_views)
 
     layers = pure_params(DecoderLayers(cfg, nnx.Rngs(seed), dtype=dtype))
-    layers = jax.tree.map(lambda a: a if a.ndim > 2 else jnp.ones_like(a), layers)  # norms = 1
-    layers = with_layer_views(layers)  # as the decode engines run (per-layer projections read in place)
-    opts = StackOptions.uniform(cfg)
+    layers = jax.tree.map(lambda a: a if a.ndim > 2 else jnp.ones_like(a), layers)
+    layers = with_layer_views(layers)
+    opts = StackOptions.uniform(cfg, taps=() if tap is None else (tap,))
 
     def forward(layers, x, pos, cache):
         cos, sin = text_cos_sin(pos, cfg, x.dtype)
         am = jnp.ones(x.shape[:2], jnp.int32)
         mask, valid = stack_mask(am, cache, cache.length, x.shape[1])
-        y, kv_, _, _ = decoder_stack(layers, x, cos, sin, mask, cfg, opts, cache=cache, slot=cache.length,
-                                     token_mask=am.astype(bool))
-        return y, KVCache(kv_[0], kv_[1], valid, cache.length + x.shape[1])
+        y, kv_, _, hidden = decoder_stack(layers, x, cos, sin, mask, cfg, opts, cache=cache, slot=cache.length,
+                                          token_mask=am.astype(bool))
+        return y, hidden, KVCache(kv_[0], kv_[1], valid, cache.length + x.shape[1])
 
-    step = jax.jit(forward)
+    return layers, jax.jit(forward)
+
+
+def jax_layer(cfg: TextConfig, dtype, n_prefill: int, kv: int, seed: int = 0):
+    from omni_jax.models.decoder import KVCache
+
+    layers, step = jax_stack(cfg, dtype, seed)
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal((1, n_prefill, cfg.hidden_size)), dtype)
     pos = jnp.broadcast_to(jnp.arange(n_prefill, dtype=jnp.float32)[None, None], (3, 1, n_prefill))
@@ -147,7 +138,7 @@ def jax_layer(cfg: TextConfig, dtype, n_prefill: int, kv: int, seed: int = 0):
     filled = KVCache.create(cfg, 1, kv + 1, dtype)
     xk = jnp.asarray(rng.standard_normal((1, kv, cfg.hidden_size)), dtype)
     posk = jnp.broadcast_to(jnp.arange(kv, dtype=jnp.float32)[None, None], (3, 1, kv))
-    _, filled = step(layers, xk, posk, filled)
+    _, _, filled = step(layers, xk, posk, filled)
     x1 = x[:, :1]
     pos1 = jnp.full((3, 1, 1), float(kv))
     decode = time_fn(lambda: step(layers, x1, pos1, filled), warmup=2, repeat=16)
@@ -273,7 +264,8 @@ def main(argv=None) -> dict:
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--kv", type=int, default=512)
     p.add_argument("--depths", default="1,2,4,8", help="layer counts of the per-layer decode rows ('' = none)")
-    p.add_argument("--experts", type=int, default=16, help="experts per layer in the depth rows (128 at depth 8 needs > 24 GB)")
+    p.add_argument("--experts", type=int, default=16,
+                   help="experts per layer in the depth rows (128 at depth 8 needs > 24 GB)")
     p.add_argument("--repeat", type=int, default=5, help="timed runs of each depth row (median reported)")
     p.add_argument("--no-hf", action="store_true", help="skip the HF reference")
     args = p.parse_args(argv)
