@@ -74,6 +74,11 @@ def setup_compilation_cache(setting: str | os.PathLike | None = None) -> Path | 
     return directory
 
 
+def current_cache_dir() -> Path | None:
+    """The directory set up last in this process (None: off, or never set up)."""
+    return _configured[-1] if _configured else None
+
+
 @dataclass
 class ProgramStats:
     compiled: int = 0  # compilations XLA ran
@@ -140,9 +145,19 @@ _pending_hit = threading.local()  # a cache hit is announced just before the com
 _installed: list[bool] = []
 
 
+_thread_hits = threading.local()  # persistent-cache hits on each thread
+
+
+def cache_hits_on_this_thread() -> int:
+    """Programs JAX's persistent cache has served on the calling thread so far (counted from the first call)."""
+    _install()
+    return getattr(_thread_hits, "count", 0)
+
+
 def _on_event(event: str, **kwargs) -> None:
     if event == _CACHE_HIT:
         _pending_hit.value = True
+        _thread_hits.count = getattr(_thread_hits, "count", 0) + 1
 
 
 def _on_duration(event: str, seconds: float, **kwargs) -> None:
@@ -153,6 +168,14 @@ def _on_duration(event: str, seconds: float, **kwargs) -> None:
     with _lock:
         for log in _active:
             log._record(str(kwargs.get("fun_name", "?")), seconds, from_cache)
+
+
+def record_load(name: str, seconds: float) -> None:
+    """Record, in every active log, a program served from disk without JAX's compile step
+    (``omni_jax.executables``)."""
+    with _lock:
+        for log in _active:
+            log._record(name, seconds, True)
 
 
 def _install() -> None:

@@ -201,7 +201,7 @@ def speech_compile_ahead_jobs(cfg: OmniConfig, model_params: dict, prompt, speak
 
     def code2wav():
         # with the per-layer views, as the streamer runs it
-        decode_window_jit.lower(with_layer_views(model_params["code2wav"]), window, cfg=c2w).compile()
+        decode_window_jit.prepare(with_layer_views(model_params["code2wav"]), window, cfg=c2w)
 
     return [("talker_prompt", talker_prompt), ("talker_prefill", talker(0)), ("talker_frame_step", talker(1)),
             ("decode_window", code2wav)]

@@ -20,7 +20,6 @@ out of attention and MoE) until every row has stopped.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.config import TalkerConfig
+from omni_jax.executables import program
 from omni_jax.generation.ahead import committed, wait_for
 from omni_jax.generation.sampling import SamplingConfig, sample
 from omni_jax.generation.talker_prompt import TalkerPrompt
@@ -99,7 +99,7 @@ class TalkerState:
     step: jax.Array  # int32: frame steps done
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "opts", "sampling", "cache_size"))
+@program(static_argnames=("cfg", "opts", "sampling", "cache_size"))
 def talker_prefill(params, cfg: TalkerConfig, opts: StackOptions, sampling: TalkerSampling, cache_size: int, embeds,
                    position_ids, attention_mask, seeds):
     """The talker prompt [B, P, H] into a fresh KV cache of ``cache_size`` slots, and the first c0 per row
@@ -116,7 +116,7 @@ def talker_prefill(params, cfg: TalkerConfig, opts: StackOptions, sampling: Talk
     return TalkerState(c0, hidden, constrain_cache(out["cache"]), seen, step), stats
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "opts", "sampling"), donate_argnames=("state",))
+@program(static_argnames=("cfg", "opts", "sampling"), donate_argnames=("state",))
 def talker_frame_step(params, cfg: TalkerConfig, opts: StackOptions, sampling: TalkerSampling, state: TalkerState,
                       active, next_position, trailing_text, trailing_lengths, tts_pad, seeds):
     """One frame: the code predictor completes ``state.c0`` into a frame [B, 16], the frame's summed codec
@@ -249,15 +249,14 @@ class TalkerEngine:
         args = (committed(prompt.inputs_embeds), prompt.position_ids, prompt.attention_mask, seeds)
 
         def prefill():
-            talker_prefill.lower(self.params, self.cfg, self.opts, sampling, cache_size, *args).compile()
+            talker_prefill.prepare(self.params, self.cfg, self.opts, sampling, cache_size, *args)
 
         def step():
-            state, _ = jax.eval_shape(
-                lambda *a: talker_prefill(self.params, self.cfg, self.opts, sampling, cache_size, *a), *args)
+            state, _ = talker_prefill.out_shapes(self.params, self.cfg, self.opts, sampling, cache_size, *args)
             active = np.ones(prompt.batch, bool)
-            talker_frame_step.lower(self.params, self.cfg, self.opts, sampling, committed(state), active,
-                                    prompt.next_position, committed(prompt.trailing_text), prompt.trailing_lengths,
-                                    committed(prompt.tts_pad_embed), seeds).compile()
+            talker_frame_step.prepare(self.params, self.cfg, self.opts, sampling, committed(state), active,
+                                      prompt.next_position, committed(prompt.trailing_text), prompt.trailing_lengths,
+                                      committed(prompt.tts_pad_embed), seeds)
 
         return [("talker_prefill", prefill), ("talker_frame_step", step)]
 
@@ -274,4 +273,4 @@ class TalkerEngine:
 
 def compile_count() -> dict[str, int]:
     """Compiled variants of the talker's prefill and step (for no-recompilation tests)."""
-    return {"prefill": talker_prefill._cache_size(), "step": talker_frame_step._cache_size()}
+    return {"prefill": talker_prefill.cache_size(), "step": talker_frame_step.cache_size()}

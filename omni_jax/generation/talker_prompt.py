@@ -31,7 +31,6 @@ token (HF crashes there: its assistant part has 8 text entries for 9 codec entri
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -39,9 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.errors import UsageError
-from omni_jax.generation.ahead import committed
 from omni_jax.config import OmniConfig
+from omni_jax.errors import UsageError
+from omni_jax.executables import program
+from omni_jax.generation.ahead import committed
 from omni_jax.models.prompt import PROMPT_BUCKET, round_up
 from omni_jax.models.talker import resize_mlp
 from omni_jax.positions import RopeIndexConfig, get_rope_index
@@ -175,7 +175,7 @@ def talker_positions(input_ids: np.ndarray, attention_mask: np.ndarray, cfg: Omn
     return pos
 
 
-@functools.partial(jax.jit, static_argnames=("has_mm",))
+@program(static_argnames=("has_mm",))
 def _assemble(tparams, embed_table, special_ids, codec_ids, prompt_embeds, prompt_hidden, gen_embeds, user_cols,
               user_valid, user_mm, head_cols, gen_len, trail_src, trail_len, has_mm: bool):
     """Everything on device in one compiled function (all shapes bucketed; see ``build_talker_prompt``)."""
@@ -328,11 +328,9 @@ def compile_talker_prompt(plan: TalkerPlan, talker_params: dict, thinker_embed_t
     gen = jax.ShapeDtypeStruct((b, g_width, prompt_embeds.shape[-1]), prompt_embeds.dtype)
     rows = jax.ShapeDtypeStruct((b,), np.int32)
     prompt_embeds, prompt_hidden = committed((prompt_embeds, prompt_hidden))  # Thinker outputs; gen: host
-    lowered = _assemble.lower(talker_params, thinker_embed_table, plan.special_ids, plan.codec_ids, prompt_embeds,
-                              prompt_hidden if plan.has_mm else None, gen, plan.cols, plan.valid, plan.mm,
-                              plan.head_cols, rows, _trail_src(t_width, g_width), rows, has_mm=plan.has_mm)
-    lowered.compile()
-    return lowered.out_info
+    return _assemble.prepare(talker_params, thinker_embed_table, plan.special_ids, plan.codec_ids, prompt_embeds,
+                             prompt_hidden if plan.has_mm else None, gen, plan.cols, plan.valid, plan.mm,
+                             plan.head_cols, rows, _trail_src(t_width, g_width), rows, has_mm=plan.has_mm)
 
 
 def _trail_src(t_width: int, gen_width: int) -> np.ndarray:

@@ -96,12 +96,11 @@ class ThinkerEngine:
         cache_size = self.cache_size(prompt.length, max_new_tokens)
 
         def job():
-            state, _ = jax.eval_shape(
-                lambda *a: thinker_prefill(self.params, self.text_cfg, opts, sampling, cache_size, *a),
-                prompt.input_ids, prompt.attention_mask, prompt.position_ids, prompt.rope_deltas, np.uint32(0),
-                prompt.inputs_embeds, prompt.deepstack)
-            thinker_decode_step.lower(self.params, self.text_cfg, dataclasses.replace(opts, taps=()), sampling,
-                                      committed(state)).compile()
+            state, _ = thinker_prefill.out_shapes(
+                self.params, self.text_cfg, opts, sampling, cache_size, prompt.input_ids, prompt.attention_mask,
+                prompt.position_ids, prompt.rope_deltas, np.uint32(0), prompt.inputs_embeds, prompt.deepstack)
+            thinker_decode_step.prepare(self.params, self.text_cfg, dataclasses.replace(opts, taps=()), sampling,
+                                        committed(state))
 
         return [("thinker_decode_step", job)]
 
@@ -123,4 +122,4 @@ class ThinkerEngine:
 
 def compile_count() -> dict[str, int]:
     """Number of compiled variants of the prefill and step functions (for no-recompilation tests)."""
-    return {"prefill": thinker_prefill._cache_size(), "step": thinker_decode_step._cache_size()}
+    return {"prefill": thinker_prefill.cache_size(), "step": thinker_decode_step.cache_size()}

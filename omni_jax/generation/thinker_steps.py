@@ -14,13 +14,13 @@ step splits again (``k, sub = split(k)``; the token is drawn with ``sub``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
 from omni_jax.config import TextConfig
+from omni_jax.executables import program
 from omni_jax.generation.sampling import SamplingConfig, sample
 from omni_jax.models import thinker_text
 from omni_jax.models.decoder import KVCache, StackOptions
@@ -48,7 +48,7 @@ def _as_key(key):
     return key if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.key(key)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "opts", "sampling", "cache_size"))
+@program(static_argnames=("cfg", "opts", "sampling", "cache_size"))
 def thinker_prefill(params: dict, cfg: TextConfig, opts: StackOptions, sampling: SamplingConfig, cache_size: int,
                     input_ids, attention_mask, position_ids, rope_deltas, key, inputs_embeds=None, deepstack=None):
     """The prompt [B, P] (left-padded) into a fresh KV cache of ``cache_size`` slots, and the first token.
@@ -77,7 +77,7 @@ def _outputs(tokens, cache, seen, positions, key, extras):
     return ThinkerState(tokens, constrain_cache(cache), seen, positions, key), extras
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "opts", "sampling"), donate_argnames=("state",))
+@program(static_argnames=("cfg", "opts", "sampling"), donate_argnames=("state",))
 def thinker_decode_step(params: dict, cfg: TextConfig, opts: StackOptions, sampling: SamplingConfig,
                         state: ThinkerState):
     """Feed ``state.tokens`` (one per row) at ``state.positions`` and sample the next tokens.

@@ -27,9 +27,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from omni_jax.errors import UsageError
 from omni_jax.config import Code2WavConfig
-from omni_jax.models.common import bias_axis, full, normal, ones, pure_params, stack_views, zeros
+from omni_jax.errors import UsageError
+from omni_jax.executables import program
+from omni_jax.models.common import (
+    bias_axis,
+    full,
+    normal,
+    ones,
+    pure_params,
+    shape_only_init,
+    stack_views,
+    zeros,
+)
 from omni_jax.ops.activations import gelu, snake_beta
 from omni_jax.ops.attention import attention
 from omni_jax.ops.conv import (
@@ -152,7 +162,8 @@ class Code2Wav(nnx.Module):
     @classmethod
     def abstract(cls, cfg: Code2WavConfig, dtype=jnp.float32) -> "Code2Wav":
         """Shapes only (no random init, nothing compiled): the starting point for loading a checkpoint."""
-        return nnx.eval_shape(lambda: cls(cfg, nnx.Rngs(0), dtype))
+        with shape_only_init():
+            return nnx.eval_shape(lambda: cls(cfg, nnx.Rngs(0), dtype))
 
     def __call__(self, codes) -> jax.Array:
         check_codes(codes, self.cfg)
@@ -306,7 +317,7 @@ def decode_window(params: dict, window: jax.Array, cfg: Code2WavConfig) -> jax.A
     return decode(params, window, cfg)
 
 
-decode_window_jit = jax.jit(decode_window, static_argnames=("cfg",))
+decode_window_jit = program(decode_window, static_argnames=("cfg",))
 WINDOW_BUCKET = 32  # frames: short windows are padded to a multiple of this (at most left_context + chunk_size)
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from omni_jax.config import CodePredictorConfig
-from omni_jax.models.common import normal, ones, pure_params, stack_views
+from omni_jax.models.common import normal, ones, pure_params, shape_only_init, stack_views
 from omni_jax.ops.attention import attention
 from omni_jax.ops.linear import linear, swiglu_mlp
 from omni_jax.ops.logits import warp
@@ -69,7 +69,8 @@ class CodePredictor(nnx.Module):
     @classmethod
     def abstract(cls, cfg: CodePredictorConfig, dtype=jnp.float32) -> "CodePredictor":
         """Shapes only (no random init, nothing compiled): the starting point for loading a checkpoint."""
-        return nnx.eval_shape(lambda: cls(cfg, nnx.Rngs(0), dtype))
+        with shape_only_init():
+            return nnx.eval_shape(lambda: cls(cfg, nnx.Rngs(0), dtype))
 
     def __call__(self, past_hidden, c0_embed, key=None, sample: bool = False, top_k: int = TOP_K,
                  top_p: float = TOP_P, temperature: float = TEMPERATURE) -> dict:

@@ -28,7 +28,7 @@ from flax import nnx
 
 from omni_jax import sharding
 from omni_jax.config import TextConfig
-from omni_jax.models.common import normal, ones, param_axes, stack_views
+from omni_jax.models.common import normal, ones, param_axes, shape_only_init, stack_views
 from omni_jax.moe import RoutingConfig, moe_block
 from omni_jax.moe.layout import moe_axes
 from omni_jax.ops.attention import attention, causal_mask
@@ -79,7 +79,8 @@ class DecoderLayers(nnx.Module):
 def _declared_layer_axes() -> dict:
     """DecoderLayers' declared axes (they do not depend on sizes; built abstractly, shared expert included)."""
     cfg = TextConfig(shared_expert_intermediate_size=TextConfig().moe_intermediate_size)
-    return param_axes(nnx.eval_shape(lambda: DecoderLayers(cfg, nnx.Rngs(0))))
+    with shape_only_init():
+        return param_axes(nnx.eval_shape(lambda: DecoderLayers(cfg, nnx.Rngs(0))))
 
 
 def _mirror(params, axes):

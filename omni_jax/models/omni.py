@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from omni_jax.config import OmniConfig, ThinkerConfig
-from omni_jax.models import audio_encoder, thinker_text, vision
+from omni_jax.models import audio_encoder, common, thinker_text, vision
 from omni_jax.models.common import param_info
 from omni_jax.weights.load import ModelTable, register_model_table
 from omni_jax.weights.rules import Rule, prefixed
@@ -78,7 +78,8 @@ def abstract_model(cfg: OmniConfig, dtype=jnp.float32) -> OmniModel:
 
 @functools.lru_cache(maxsize=8)
 def _abstract_model(cfg: OmniConfig, dtype) -> OmniModel:
-    return nnx.eval_shape(lambda: OmniModel(cfg, rngs=nnx.Rngs(0), dtype=dtype))
+    with common.shape_only_init():
+        return nnx.eval_shape(lambda: OmniModel(cfg, rngs=nnx.Rngs(0), dtype=dtype))
 
 
 def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:

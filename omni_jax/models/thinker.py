@@ -23,16 +23,15 @@ The merge is one jitted gather: the host computes, for every prompt position, th
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.errors import UsageError
 from omni_jax.config import AudioConfig, OmniConfig, VisionConfig
-from omni_jax.models.prompt import PreparedPrompt, round_up
+from omni_jax.errors import UsageError
+from omni_jax.executables import program
 from omni_jax.models import audio_encoder, thinker_text
+from omni_jax.models.prompt import PreparedPrompt, round_up
 from omni_jax.models.vision import normalize_grids, vision_forward
 
 MEDIA_ROW_BUCKET = 256  # media rows are padded to a multiple of this so the merge compiles rarely
@@ -104,7 +103,7 @@ def _concat_rows(pieces, axis: int, dtype, total: int):
     return jnp.pad(x, widths)
 
 
-@partial(jax.jit, static_argnames=("dtype",))
+@program(static_argnames=("dtype",))
 def merge_embeddings(embed_table, input_ids, media_pieces, media_row, deepstack_pieces=(), deepstack_row=None,
                      dtype=jnp.float32):
     """Token embeddings with media rows spliced in, and the deepstack payload.

@@ -22,7 +22,6 @@ deepstack.ln.{w,b} [n, 4D]         deepstack.fc1.{w [n, 4D, 4D], b}  deepstack.f
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 import jax
@@ -31,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from omni_jax.config import VisionConfig
+from omni_jax.executables import program
 from omni_jax.models.common import bias_axis, normal, ones, pure_params, zeros
 from omni_jax.ops.activations import ACTIVATIONS, gelu
 from omni_jax.ops.attention import attention
@@ -223,7 +223,7 @@ def _layer_at(tree, j: int):
     return jax.tree.map(lambda a: a[j], tree)
 
 
-@partial(jax.jit, static_argnames=("grids", "cfg", "dtype", "full_attention"))
+@program(static_argnames=("grids", "cfg", "dtype", "full_attention"))
 def vision_forward(params: dict, pixel_values: jax.Array, grids: Grids, cfg: VisionConfig, dtype=jnp.float32,
                    full_attention: bool = False) -> tuple[jax.Array, list[jax.Array]]:
     """Patch rows [N, 3*T*p*p] -> (embeds [N/4, out_hidden], deepstack list of [N/4, out_hidden]).
