@@ -3,18 +3,24 @@
 JAX's persistent compilation cache (``omni_jax.compilation``) saves XLA's compile step only: every new process
 still traces each program and lowers it to StableHLO to find its cache key, which was a third of a warm
 tiny-model CLI call (about 1.3 s of 4 s). ``program`` wraps ``jax.jit`` for the generation programs that run
-once per call or once per step (the prefills, the decode and frame steps, the encoders, Code2Wav's window):
-the first call with a new signature looks for the serialized executable under the compilation cache
-(``executables/`` beside JAX's entries) and loads it; if it is not there, it compiles (through JAX's own cache)
-and saves it. Later calls with the same signature run the loaded executable.
+once per call or once per step (the prefills, the decode and frame steps, the encoders, Code2Wav's window).
+The first call with a new signature looks for the serialized executable under the compilation cache
+(``executables/`` beside JAX's entries) and loads it; later calls with that signature run it.
 
-The key covers everything the program depends on: the program's name; a fingerprint of this package's source
-files; the jax and jaxlib versions, the backend and its devices, ``XLA_FLAGS`` and the JAX settings that change
-tracing; the static arguments (only plain values: numbers, strings, dtypes, enums and frozen dataclasses of
-them; anything else, such as a callable, makes the call take the ordinary ``jax.jit`` path); and every array
-argument's shape, dtype, weak type and sharding. Calls inside a trace (a program used within another jitted
-function), calls with the compilation cache off, and multi-process runs take the ordinary path. An entry
-that cannot be read is compiled again and replaced.
+Two entries per program:
+- by its arguments: the program's name, this package's sources (a fingerprint of every ``.py`` file), the
+  runtime (jax and jaxlib versions, backend and devices, ``XLA_FLAGS``, the JAX settings that change tracing,
+  the CPU), the static arguments and every array argument's shape, dtype, weak type and sharding. Found
+  without tracing anything.
+- by its StableHLO and the runtime (``hlo-*.xla``, the same file): when the first is missing (a first call, or
+  an edit elsewhere in the package), the program is traced and lowered, and found here if its HLO is
+  unchanged; otherwise XLA compiles it and both entries are written.
+
+Static arguments must be plain values (numbers, strings, dtypes, enums, frozen dataclasses and tuples of
+them); anything else, such as a callable, sends the call down the ordinary ``jax.jit`` path, as do calls
+inside a trace (a program used within another jitted function), calls with the compilation cache off, and
+multi-process runs. An entry that cannot be read is removed and compiled again. Only executables XLA
+compiled in this process are saved: one that JAX's own cache served serializes without its compiled functions.
 
 Loading an executable runs code from the cache directory: keep it private (as JAX's own cache).
 """
@@ -127,16 +133,12 @@ def _leaf_key(x) -> tuple:
 
 
 @functools.lru_cache(maxsize=1)
-def environment_fingerprint() -> str:
-    """What every key shares: this package's sources, the JAX build, the backend, XLA's flags and JAX's
-    tracing settings."""
+def runtime_fingerprint() -> str:
+    """What an executable depends on besides its program: the JAX build, the backend and its devices, XLA's
+    flags, JAX's tracing settings and the CPU."""
     import jaxlib
 
     h = hashlib.sha256()
-    root = Path(__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
     devices = jax.devices()
     h.update(repr((jax.__version__, jaxlib.__version__, sys.version, devices[0].platform,
                    devices[0].device_kind, len(devices), os.environ.get("XLA_FLAGS", ""),
@@ -145,6 +147,17 @@ def environment_fingerprint() -> str:
         h.update(Path("/proc/cpuinfo").read_bytes().split(b"\n\n")[0])  # an executable is built for this CPU
     except OSError:
         pass
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def source_fingerprint() -> str:
+    """This package's source files: what a traced program depends on besides its arguments."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()
 
 
@@ -229,19 +242,42 @@ class Program:
             path = self._path(key, directory)
             compiled = self._load(path, dynamic)
             if compiled is None:
-                hits = compilation.cache_hits_on_this_thread()
-                compiled = self.jitted.lower(**arguments).compile()
-                if compilation.cache_hits_on_this_thread() == hits:
-                    # only what XLA compiled here is saved: an executable JAX's own cache served (the same HLO
-                    # after an edit elsewhere in the package) serializes without its compiled functions, and
-                    # would load and then fail to run; such a program keeps coming from JAX's cache
-                    self._save(path, compiled)
+                compiled = self._by_program(self.jitted.lower(**arguments), path, dynamic, directory)
             self._ready[key] = compiled
             return compiled
 
+    def _by_program(self, lowered, path: Path, dynamic: dict, directory: Path):
+        """The executable of ``lowered``: the store's entry for the same StableHLO if there is one (the
+        arguments' entry was missing: first call, or the package changed but not this program), else compiled
+        by XLA. Either way it is saved for ``path`` too."""
+        text = lowered.as_text()
+        by_hlo = directory / ("hlo-" + hashlib.sha256((runtime_fingerprint() + text).encode()).hexdigest() + ".xla")
+        compiled = self._load(by_hlo, dynamic)
+        if compiled is not None:
+            self._link(by_hlo, path)
+            return compiled
+        hits = compilation.cache_hits_on_this_thread()
+        # the inert option keeps these compilations apart from plain jax.jit entries in JAX's own cache
+        compiled = lowered.compile(compiler_options={"xla_dump_hlo_module_re": "omni_jax.executables"})
+        if compilation.cache_hits_on_this_thread() == hits:
+            # only what XLA compiled here is saved: an executable JAX's own cache served (this store's entry
+            # was deleted) serializes without its compiled functions, and would load and then fail to run
+            if self._save(by_hlo, compiled):
+                self._link(by_hlo, path)
+        return compiled
+
+    @staticmethod
+    def _link(source: Path, path: Path) -> None:
+        try:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+            os.link(source, tmp)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
     def _path(self, key: tuple, directory: Path) -> Path:
         statics, tree, leaf_keys = key
-        text = repr((self.name, environment_fingerprint(), statics, str(tree),
+        text = repr((self.name, runtime_fingerprint(), source_fingerprint(), statics, str(tree),
                      [(k[0], str(k[1]), *k[2:]) for k in leaf_keys]))
         return directory / (hashlib.sha256(text.encode()).hexdigest() + ".xla")
 
@@ -260,7 +296,7 @@ class Program:
         compilation.record_load(self.name, time.perf_counter() - t0)
         return compiled
 
-    def _save(self, path: Path, compiled) -> None:
+    def _save(self, path: Path, compiled) -> bool:
         from jax.experimental.serialize_executable import serialize
 
         from omni_jax.atomic import atomic_write_bytes
@@ -271,7 +307,8 @@ class Program:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, data)
         except Exception:  # noqa: BLE001  a program that cannot be serialized is compiled in each process
-            return
+            return False
+        return True
 
     def prepare(self, *args, **kwargs):
         """Load or compile the program for these arguments (arrays or ShapeDtypeStructs) without running it;
