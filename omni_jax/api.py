@@ -170,8 +170,13 @@ class OmniModel:
     def _set_model(self, model) -> None:
         from omni_jax.models.common import pure_params
 
+        import jax
+
+        from omni_jax.compilation import effort_for
+
         self.model = model
         self._params = pure_params(model)
+        self.compile_effort = effort_for(sum(int(x.nbytes) for x in jax.tree.leaves(self._params)))
 
     @property
     def params(self) -> dict:
@@ -248,8 +253,10 @@ class OmniModel:
 
         on_text(row, delta) is called with the text as it is produced, on_audio(row, float32 samples) with the
         speech as Code2Wav decodes it (the fused program calls both once, at its end)."""
+        from omni_jax.compilation import compile_effort
+
         self.load_weights()
-        with self.mesh_context():
+        with self.mesh_context(), compile_effort(self.compile_effort):
             if request.options.fused:
                 results = self._run_fused(request, on_text, on_audio)
             else:

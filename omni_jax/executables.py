@@ -187,6 +187,8 @@ class Program:
 
     def __init__(self, fun, static_argnames=(), donate_argnames=()):
         self.jitted = jax.jit(fun, static_argnames=static_argnames, donate_argnames=donate_argnames)
+        self._fast_jitted = jax.jit(fun, static_argnames=static_argnames, donate_argnames=donate_argnames,
+                                    compiler_options=compilation.FAST_OPTIONS)
         self.name = f"jit({fun.__name__})"
         self.signature = inspect.signature(fun)
         self.static = frozenset(static_argnames)
@@ -196,15 +198,19 @@ class Program:
         functools.update_wrapper(self, fun)
         _programs.append(self)
 
+    def current(self):
+        """The jitted function of the current compile effort (``omni_jax.compilation.compile_effort``)."""
+        return self._fast_jitted if compilation.compiler_options() else self.jitted
+
     def lower(self, *args, **kwargs):
-        return self.jitted.lower(*args, **kwargs)
+        return self.current().lower(*args, **kwargs)
 
     def eval_shape(self, *args, **kwargs):
-        return jax.eval_shape(self.jitted, *args, **kwargs)
+        return jax.eval_shape(self.current(), *args, **kwargs)
 
     def cache_size(self) -> int:
         """Executables this process holds for the program (compiled or loaded)."""
-        return self.jitted._cache_size() + len(self._ready)
+        return self.jitted._cache_size() + self._fast_jitted._cache_size() + len(self._ready)
 
     def _bind(self, args, kwargs):
         bound = self.signature.bind(*args, **kwargs)
@@ -220,6 +226,9 @@ class Program:
         except ValueError:  # called inside a trace (a program used within another jitted function)
             return None
         statics, dynamic = [] if mesh.empty else [f"mesh={_mesh_key(mesh)}"], {}
+        options = compilation.compiler_options()
+        if options:
+            statics.append(f"compiler_options={sorted(options.items())}")
         try:
             for name, value in arguments.items():
                 if name in self.static:
@@ -242,23 +251,25 @@ class Program:
             path = self._path(key, directory)
             compiled = self._load(path, dynamic)
             if compiled is None:
-                compiled = self._by_program(self.jitted.lower(**arguments), path, dynamic, directory)
+                compiled = self._by_program(self.jitted.lower(**arguments), path, dynamic, directory,
+                                            compilation.compiler_options() or {})
             self._ready[key] = compiled
             return compiled
 
-    def _by_program(self, lowered, path: Path, dynamic: dict, directory: Path):
+    def _by_program(self, lowered, path: Path, dynamic: dict, directory: Path, options: dict):
         """The executable of ``lowered``: the store's entry for the same StableHLO if there is one (the
         arguments' entry was missing: first call, or the package changed but not this program), else compiled
         by XLA. Either way it is saved for ``path`` too."""
         text = lowered.as_text()
-        by_hlo = directory / ("hlo-" + hashlib.sha256((runtime_fingerprint() + text).encode()).hexdigest() + ".xla")
+        digest = hashlib.sha256((runtime_fingerprint() + repr(sorted(options.items())) + text).encode()).hexdigest()
+        by_hlo = directory / f"hlo-{digest}.xla"
         compiled = self._load(by_hlo, dynamic)
         if compiled is not None:
             self._link(by_hlo, path)
             return compiled
         hits = compilation.cache_hits_on_this_thread()
         # the inert option keeps these compilations apart from plain jax.jit entries in JAX's own cache
-        compiled = lowered.compile(compiler_options={"xla_dump_hlo_module_re": "omni_jax.executables"})
+        compiled = lowered.compile(compiler_options={"xla_dump_hlo_module_re": "omni_jax.executables", **options})
         if compilation.cache_hits_on_this_thread() == hits:
             # only what XLA compiled here is saved: an executable JAX's own cache served (this store's entry
             # was deleted) serializes without its compiled functions, and would load and then fail to run
@@ -316,7 +327,7 @@ class Program:
         arguments = self._bind(args, kwargs)
         found = self._key(arguments)
         if found is None:
-            return self.jitted.lower(*args, **kwargs).compile().out_info
+            return self.current().lower(*args, **kwargs).compile().out_info
         key, dynamic, directory = found
         return self._obtain(key, arguments, dynamic, directory).out_info
 
@@ -331,13 +342,13 @@ class Program:
                 return self._obtain(key, arguments, dynamic, directory).out_info
         statics = {k: v for k, v in arguments.items() if k in self.static}
         dynamic = {k: v for k, v in arguments.items() if k not in self.static}
-        return jax.eval_shape(functools.partial(self.jitted, **statics), **dynamic)
+        return jax.eval_shape(functools.partial(self.current(), **statics), **dynamic)
 
     def __call__(self, *args, **kwargs):
         arguments = self._bind(args, kwargs)
         found = self._key(arguments)
         if found is None:
-            return self.jitted(*args, **kwargs)
+            return self.current()(*args, **kwargs)
         key, dynamic, directory = found
         compiled = self._ready.get(key)
         if compiled is None:

@@ -141,3 +141,21 @@ def test_static_keys_are_stable_text_or_refused():
     assert executables.static_key(StackOptions(routing=())) != executables.static_key(StackOptions((), taps=(1,)))
     with pytest.raises(Exception, match="function"):
         executables.static_key(lambda x: x)
+
+
+def test_each_compile_effort_is_its_own_program_and_small_models_compile_fast(store, monkeypatch):
+    from omni_jax.compilation import EFFORT_ENV, compile_effort, effort_for
+    from omni_jax.errors import UsageError
+
+    full, _ = run()
+    with compile_effort("fast"):
+        fast, _ = run()
+    np.testing.assert_allclose(fast["y"], full["y"], rtol=1e-6)
+    assert len(list(store.glob("hlo-*.xla"))) == 2  # the fast program is not served for the full one
+
+    assert effort_for(100 * 2**20) == "fast" and effort_for(2 * 2**30) == "full"
+    monkeypatch.setenv(EFFORT_ENV, "full")
+    assert effort_for(100 * 2**20) == "full"
+    monkeypatch.setenv(EFFORT_ENV, "fastest")
+    with pytest.raises(UsageError, match=EFFORT_ENV):
+        effort_for(1)

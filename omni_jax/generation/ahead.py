@@ -9,12 +9,14 @@ own caches, so the real call later compiles nothing). Before calling a program t
 ``wait_for`` it, so a program is never compiled twice at the same time.
 
 A job that fails is dropped silently: its program is compiled by the real call, which reports any real error.
-A job runs under the mesh that was JAX's context mesh when it was scheduled (the context is per thread), so it
-compiles the program the real call will run.
+A job runs under the mesh that was JAX's context mesh when it was scheduled (the context is per thread), and in
+a copy of the scheduling thread's context variables (the compile effort), so it compiles the program the real
+call will run.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -38,13 +40,14 @@ def _under_mesh(job: Callable[[], object], mesh) -> Callable[[], object]:
 
 
 def compile_ahead(jobs: list[tuple[str, Callable[[], object]]]) -> None:
-    """Run ``jobs`` ((program name, compile function)) in order on the background compile thread."""
+    """Run ``jobs`` ((program name, compile function)) in order on the background compile thread, each in a copy
+    of the caller's context (its compile effort)."""
     mesh = jax.sharding.get_mesh()
     with _lock:
         if not _executor:
             _executor.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="omni_jax-compile-ahead"))
         for name, job in jobs:
-            _pending[name] = _executor[0].submit(_under_mesh(job, mesh))
+            _pending[name] = _executor[0].submit(contextvars.copy_context().run, _under_mesh(job, mesh))
 
 
 def wait_for(name: str) -> None:

@@ -55,7 +55,7 @@ def tile_layout(experts, valid, num_experts, tile):
     dest_sorted = jnp.where(sorted_key < E, first_tile[e_clip] * tile + rank, R)
     dest = jnp.zeros((A,), jnp.int32).at[order].set(dest_sorted.astype(jnp.int32))  # per assignment
     row_token = jnp.full((R,), T, jnp.int32).at[dest].set(jnp.arange(A, dtype=jnp.int32) // K, mode="drop")
-    tile_expert = jnp.minimum(jnp.searchsorted(tile_end, jnp.arange(n_tiles), side="right"), E - 1)
+    tile_expert = jnp.minimum(jnp.searchsorted(tile_end, jnp.arange(n_tiles), side="right", method="compare_all"), E - 1)
     used_tiles = tile_end[-1]
     return dest, row_token, tile_expert.astype(jnp.int32), used_tiles, n_tiles
 
@@ -65,7 +65,8 @@ def expert_tile_ranges(tile_expert, used_tiles, num_experts):
     n_tiles = tile_expert.shape[0]
     owner = jnp.where(jnp.arange(n_tiles) < used_tiles, tile_expert, num_experts)  # unused tiles: nobody's
     e = jnp.arange(num_experts)
-    return jnp.searchsorted(owner, e, side="left"), jnp.searchsorted(owner, e, side="right")
+    return (jnp.searchsorted(owner, e, side="left", method="compare_all"),
+            jnp.searchsorted(owner, e, side="right", method="compare_all"))
 
 
 def tiles_moe(x, weights, experts, valid, gate_up, down, *, tile: int | None = None):
