@@ -169,6 +169,14 @@ def store_dir() -> Path | None:
     return cache / SUBDIR
 
 
+def _inside_trace() -> bool:
+    try:
+        jax.sharding.get_mesh()  # refuses inside a trace
+    except ValueError:
+        return True
+    return False
+
+
 _programs: list = []
 
 
@@ -199,8 +207,11 @@ class Program:
         _programs.append(self)
 
     def current(self):
-        """The jitted function of the current compile effort (``omni_jax.compilation.compile_effort``)."""
-        return self._fast_jitted if compilation.compiler_options() else self.jitted
+        """The jitted function of the current compile effort (``omni_jax.compilation.compile_effort``); inside
+        another trace the plain one (the outer program is what gets compiled)."""
+        if compilation.compiler_options() and not _inside_trace():
+            return self._fast_jitted
+        return self.jitted
 
     def lower(self, *args, **kwargs):
         return self.current().lower(*args, **kwargs)
@@ -221,10 +232,9 @@ class Program:
         directory = store_dir()
         if directory is None:
             return None
-        try:
-            mesh = jax.sharding.get_mesh()
-        except ValueError:  # called inside a trace (a program used within another jitted function)
+        if _inside_trace():  # a program used within another jitted function
             return None
+        mesh = jax.sharding.get_mesh()
         statics, dynamic = [] if mesh.empty else [f"mesh={_mesh_key(mesh)}"], {}
         options = compilation.compiler_options()
         if options:
@@ -340,9 +350,7 @@ class Program:
             key, dynamic, directory = found
             if key in self._ready or self._path(key, directory).exists():
                 return self._obtain(key, arguments, dynamic, directory).out_info
-        statics = {k: v for k, v in arguments.items() if k in self.static}
-        dynamic = {k: v for k, v in arguments.items() if k not in self.static}
-        return jax.eval_shape(functools.partial(self.current(), **statics), **dynamic)
+        return self.current().trace(*args, **kwargs).out_info  # the trace the real call will reuse
 
     def __call__(self, *args, **kwargs):
         arguments = self._bind(args, kwargs)

@@ -12,6 +12,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # no persistent compilation cache in tests (hermetic; nothing written to the user's cache folder) unless the
 # environment asks for one, e.g. OMNI_JAX_COMPILATION_CACHE=/ci/cache to share compiled programs between CI runs
 os.environ.setdefault("OMNI_JAX_COMPILATION_CACHE", "off")
+# XLA's default optimization for every model, so results of two paths of ours compare exactly (the tiny models
+# would otherwise compile at the fast effort); tests/test_compile_effort.py covers the fast effort
+os.environ.setdefault("OMNI_JAX_COMPILE_EFFORT", "full")
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -153,6 +153,7 @@ def test_each_compile_effort_is_its_own_program_and_small_models_compile_fast(st
     np.testing.assert_allclose(fast["y"], full["y"], rtol=1e-6)
     assert len(list(store.glob("hlo-*.xla"))) == 2  # the fast program is not served for the full one
 
+    monkeypatch.setenv(EFFORT_ENV, "auto")
     assert effort_for(100 * 2**20) == "fast" and effort_for(2 * 2**30) == "full"
     monkeypatch.setenv(EFFORT_ENV, "full")
     assert effort_for(100 * 2**20) == "full"

@@ -175,9 +175,9 @@ def test_chunked_decode_matches_hf(setup, chunk_size, left_context):
 def test_streamer_yields_same_pieces_with_one_compilation(setup):
     hf, model, cfg = setup
     codes = _codes(7, 2, 23, cfg)
-    before = decode_window_jit._cache_size()
+    before = decode_window_jit.cache_size()
     pieces = list(stream_decode(pure_params(model), (codes[..., t] for t in range(23)), cfg, 7, 3))
-    assert decode_window_jit._cache_size() - before <= 1  # 0 if the (7, 3) window was compiled above
+    assert decode_window_jit.cache_size() - before <= 1  # 0 if the (7, 3) window was compiled above
     assert [p.shape[1] for p in pieces] == [wav_length(7, cfg)] * 3 + [wav_length(2, cfg)]
     whole = chunked_decode(pure_params(model), codes, cfg, 7, 3)
     np.testing.assert_array_equal(np.concatenate(pieces, axis=-1), whole)
