@@ -216,9 +216,6 @@ class Program:
     def lower(self, *args, **kwargs):
         return self.current().lower(*args, **kwargs)
 
-    def eval_shape(self, *args, **kwargs):
-        return jax.eval_shape(self.current(), *args, **kwargs)
-
     def cache_size(self) -> int:
         """Executables this process holds for the program (compiled or loaded)."""
         return self.jitted._cache_size() + self._fast_jitted._cache_size() + len(self._ready)
