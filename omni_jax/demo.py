@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import threading
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from omni_jax.atomic import atomic_directory, atomic_write_bytes
+from omni_jax.paths import cache_root
 from omni_jax.processing.assets import RANDOM_WEIGHTS_MARKER
 
 DEMO_VERSION = "v1"
@@ -44,13 +44,6 @@ def announce_if_demo(directory: str | Path, log=_stderr) -> bool:
     if demo:
         log(f"{RANDOM_WEIGHTS_NOTICE} [{directory}]")
     return demo
-
-
-def cache_root() -> Path:
-    env = os.environ.get("OMNI_JAX_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "omni_jax"
 
 
 def demo_dir() -> Path:

@@ -43,7 +43,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from omni_jax import compilation
+from omni_jax import compilation, kernels
 
 SUBDIR = "executables"
 _TRACE_SETTINGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion",
@@ -135,14 +135,16 @@ def _leaf_key(x) -> tuple:
 @functools.lru_cache(maxsize=1)
 def runtime_fingerprint() -> str:
     """What an executable depends on besides its program: the JAX build, the backend and its devices, XLA's
-    flags, JAX's tracing settings and the CPU."""
+    flags, JAX's tracing settings, the CPU and the CPU kernels (built and registered here first: a loaded
+    executable may call them)."""
     import jaxlib
 
     h = hashlib.sha256()
     devices = jax.devices()
     h.update(repr((jax.__version__, jaxlib.__version__, sys.version, devices[0].platform,
                    devices[0].device_kind, len(devices), os.environ.get("XLA_FLAGS", ""),
-                   [(name, str(getattr(jax.config, name, None))) for name in _TRACE_SETTINGS])).encode())
+                   [(name, str(getattr(jax.config, name, None))) for name in _TRACE_SETTINGS],
+                   kernels.fingerprint())).encode())
     try:
         h.update(Path("/proc/cpuinfo").read_bytes().split(b"\n\n")[0])  # an executable is built for this CPU
     except OSError:
@@ -155,7 +157,7 @@ def source_fingerprint() -> str:
     """This package's source files: what a traced program depends on besides its arguments."""
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.cc")]):
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()

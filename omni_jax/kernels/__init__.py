@@ -1,0 +1,17 @@
+"""CPU kernels that XLA:CPU cannot express at memory speed, compiled on first use and called through the XLA FFI.
+
+XLA:CPU copies every dynamic slice of a weight stack before a dot reads it (docs/performance.md §1), so a
+decode step that multiplies by the few experts a token chose copies those experts first and then reads the
+copy: ~8 GB/s where the machine reads 23–25 GB/s. ``moe_experts`` (``cpu/moe_experts.cc``) computes the
+routed SwiGLU experts for a few tokens reading each chosen expert where it lies in the stack.
+
+The C++ source ships with the package and is compiled with the system's C++ compiler the first time a process
+asks for it, into ``<cache>/kernels/<hash>.so`` (``omni_jax.paths.cache_root``; the hash covers the source,
+the compiler, the flags, jaxlib and this CPU). Without a compiler, or with ``OMNI_JAX_CPU_KERNELS=0``, the
+callers keep their pure-XLA path: the kernels change speed, never results beyond float32 summation order.
+"""
+
+from omni_jax.kernels.build import available, fingerprint, kernels_enabled
+from omni_jax.kernels.moe import moe_experts
+
+__all__ = ["available", "fingerprint", "kernels_enabled", "moe_experts"]
