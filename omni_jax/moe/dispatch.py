@@ -47,6 +47,13 @@ def get_backend(name: str, num_tokens: int, *, tile: int | None = None):
     return fn
 
 
+def _expert_stacks(gate_up, down, layer):
+    """The stacks the gather backend reads: every layer's experts flattened to [L·E, ...] when ``layer`` is given."""
+    if layer is None or not all(isinstance(a, jax.Array) for a in (gate_up, down)):
+        return gate_up, down
+    return merge_leading(gate_up), merge_leading(down)
+
+
 def run_experts(x, weights, experts, valid, gate_up, down, *, backend: str = "auto", tile: int | None = None,
                 layer=None):
     """The routed experts' weighted output y [T, H] for x [T, H] and the (weights, experts, valid) [T, K] slots.
@@ -58,7 +65,7 @@ def run_experts(x, weights, experts, valid, gate_up, down, *, backend: str = "au
     ``auto`` on CPU with the CPU kernel usable (float32, plain weights) is ``gather`` at every token count: the
     kernel reads each used expert once, in place (real width, 128 experts: 77 vs 291 ms with ``tiles`` at 16
     tokens, 989 vs 1159 ms at 512)."""
-    if backend == "auto" and moe_experts_usable(x, gate_up, down):
+    if backend == "auto" and moe_experts_usable(x, *_expert_stacks(gate_up, down, layer)):
         backend = "gather"
     name = choose_backend(x.shape[0]) if backend == "auto" else backend
     fn = get_backend(name, x.shape[0], tile=tile)
