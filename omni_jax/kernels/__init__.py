@@ -3,7 +3,12 @@
 XLA:CPU copies every dynamic slice of a weight stack before a dot reads it (docs/performance.md §1), so a
 decode step that multiplies by the few experts a token chose copies those experts first and then reads the
 copy: ~8 GB/s where the machine reads 23–25 GB/s. ``moe_experts`` (``cpu/moe_experts.cc``) computes the
-routed SwiGLU experts for a few tokens reading each chosen expert where it lies in the stack.
+routed SwiGLU experts for a few tokens reading each chosen expert where it lies in the stack. ``matmul``
+(``cpu/matmul.cc``) is ``x @ w`` for a few rows: XLA:CPU's dot streams a weight at ~17 GB/s for one row and
+~7 GB/s for 25 rows, the kernel at the machine's ~25 GB/s. Both share ``cpu/grouped_matmul.cc``.
+
+They apply only to float32 programs traced for a single CPU device (``usable_here``); programs lowered for
+other platforms keep XLA's ops (``jax.lax.platform_dependent``), and sharded programs never call them.
 
 The C++ source ships with the package and is compiled with the system's C++ compiler the first time a process
 asks for it, into ``<cache>/kernels/<hash>.so`` (``omni_jax.paths.cache_root``; the hash covers the source,
@@ -11,7 +16,9 @@ the compiler, the flags, jaxlib and this CPU). Without a compiler, or with ``OMN
 callers keep their pure-XLA path: the kernels change speed, never results beyond float32 summation order.
 """
 
-from omni_jax.kernels.build import available, fingerprint, kernels_enabled
-from omni_jax.kernels.moe import moe_experts
+from omni_jax.kernels.build import available, fingerprint, kernels_enabled, usable_here
+from omni_jax.kernels.matmul import matmul, matmul_usable
+from omni_jax.kernels.moe import moe_experts, moe_experts_usable
 
-__all__ = ["available", "fingerprint", "kernels_enabled", "moe_experts"]
+__all__ = ["available", "fingerprint", "kernels_enabled", "matmul", "matmul_usable", "moe_experts",
+           "moe_experts_usable", "usable_here"]

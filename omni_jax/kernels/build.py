@@ -20,7 +20,7 @@ from omni_jax.paths import cache_root
 
 SOURCE_DIR = Path(__file__).resolve().parent / "cpu"
 # the FFI handlers the library exports, registered under the same names
-TARGETS = ("OmniMoeExperts",)
+TARGETS = ("OmniMoeExperts", "OmniMatmul")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w")
 ENV_SWITCH = "OMNI_JAX_CPU_KERNELS"
 
@@ -40,7 +40,7 @@ def _library_key(compiler: str) -> str:
     import jaxlib
 
     h = hashlib.sha256()
-    for path in sorted(SOURCE_DIR.glob("*.cc")):
+    for path in sorted([*SOURCE_DIR.glob("*.cc"), *SOURCE_DIR.glob("*.h")]):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
@@ -93,6 +93,18 @@ def available() -> bool:
         return False
     with _lock:
         return _load() is not None
+
+
+def usable_here() -> bool:
+    """Whether a program traced now may call the kernels: they are available, JAX runs on one CPU device and no
+    multi-device mesh is set (sharded programs keep XLA's ops, which the partitioner splits; a kernel's operands
+    would be gathered whole onto every device)."""
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+        return False
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:
+        return False
+    return available()
 
 
 def fingerprint() -> str:

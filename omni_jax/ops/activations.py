@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 
+from omni_jax.ops import trig
+
 
 def silu(x):
     return jax.nn.silu(x)
@@ -27,4 +29,4 @@ def snake_beta(x: jax.Array, log_alpha: jax.Array, log_beta: jax.Array, channel_
     shape[channel_axis] = -1
     alpha = jnp.exp(log_alpha).reshape(shape)
     beta = jnp.exp(log_beta).reshape(shape)
-    return x + (1.0 / (beta + 1e-9)) * jnp.square(jnp.sin(x * alpha))
+    return x + (1.0 / (beta + 1e-9)) * jnp.square(trig.sin(x * alpha))

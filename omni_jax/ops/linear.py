@@ -3,13 +3,18 @@
 import jax
 import jax.numpy as jnp
 
+from omni_jax.kernels.matmul import matmul, matmul_usable
 from omni_jax.ops.activations import ACTIVATIONS
 
 
 def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
     """x @ w (+ b). Accumulates in fp32 and rounds once to x.dtype, as torch's bf16 CPU kernels do (and on
-    XLA:CPU a bf16-result dot is ~3x slower than an fp32-accumulating one)."""
-    y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+    XLA:CPU a bf16-result dot is ~3x slower than an fp32-accumulating one). A few float32 rows on one CPU device
+    go through ``omni_jax.kernels.matmul``, which reads ``w`` at memory bandwidth."""
+    if matmul_usable(x, w):
+        y = matmul(x, w)
+    else:
+        y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
     if b is not None:
         y = y + b.astype(jnp.float32)
     return y.astype(x.dtype)

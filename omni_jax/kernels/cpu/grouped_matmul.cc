@@ -1,0 +1,210 @@
+// Grouped matmul kernels: 1-2 rows per matrix stream the weights at memory bandwidth (W rows split over the
+// threads, partial sums added in a fixed order); more rows run register-tiled on packed strips of W.
+#include "grouped_matmul.h"
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+namespace omni {
+namespace {
+
+constexpr long kCols = 256;     // output columns per work item when a group has several rows
+constexpr long kRowsPerSplit = 256;  // rows of W per work item when a group has 1-2 rows (bandwidth-bound)
+constexpr long kSplitCols = 2048;    // and columns per such item: its accumulators (8 KB a row) stay in L1
+
+// acc[j][0:w] += sum_{k in [k0,k1)} x[j][k] * W[k][n0:n0+w] for RB rows, four rows of W per pass
+template <int RB>
+void accumulate(const float* const* x, const float* W, long N, long k0, long k1, long n0, long w, float* const* acc) {
+  long k = k0;
+  for (; k + 4 <= k1; k += 4) {
+    const float* w0 = W + k * N + n0;
+    const float* w1 = w0 + N;
+    const float* w2 = w1 + N;
+    const float* w3 = w2 + N;
+    for (int j = 0; j < RB; ++j) {
+      const float a0 = x[j][k], a1 = x[j][k + 1], a2 = x[j][k + 2], a3 = x[j][k + 3];
+      float* __restrict__ o = acc[j];
+      for (long n = 0; n < w; ++n) o[n] += a0 * w0[n] + a1 * w1[n] + a2 * w2[n] + a3 * w3[n];
+    }
+  }
+  for (; k < k1; ++k) {
+    const float* w0 = W + k * N + n0;
+    for (int j = 0; j < RB; ++j) {
+      const float a0 = x[j][k];
+      float* __restrict__ o = acc[j];
+      for (long n = 0; n < w; ++n) o[n] += a0 * w0[n];
+    }
+  }
+}
+
+void accumulate_rows(int rb, const float* const* x, const float* W, long N, long k0, long k1, long n0, long w,
+                     float* const* acc) {
+  switch (rb) {
+    case 8: accumulate<8>(x, W, N, k0, k1, n0, w, acc); break;
+    case 6: accumulate<6>(x, W, N, k0, k1, n0, w, acc); break;
+    case 4: accumulate<4>(x, W, N, k0, k1, n0, w, acc); break;
+    case 2: accumulate<2>(x, W, N, k0, k1, n0, w, acc); break;
+    default: accumulate<1>(x, W, N, k0, k1, n0, w, acc); break;
+  }
+}
+
+typedef float v16 __attribute__((vector_size(64), aligned(4)));  // 16 floats, unaligned loads allowed
+constexpr int kVecs = 4;             // v16 per row of a register tile
+constexpr long kTile = 16 * kVecs;   // columns per register tile
+constexpr long kDepth = 128;  // rows of W per packed strip: kDepth x kTile floats stay in L1
+constexpr int kBlock = 6;            // rows per register tile: 6 x 4 accumulators + 4 loads fit 32 vector registers
+
+// out[j][col:col+kTile] = sum_k xp[k*RB + j] * wp[k][0:kTile]: RB x kTile accumulators held in registers,
+// each W vector loaded once for the RB rows (xp: the rows packed k-major; wp: a kTile-column strip of W packed
+// contiguously, so the passes over it stay in cache and cross no pages)
+template <int RB>
+void tile_kernel(const float* __restrict__ xp, const float* __restrict__ wp, long K, long col, float* const* out,
+                 bool first) {
+  v16 acc[RB][kVecs];
+  for (int j = 0; j < RB; ++j)
+    for (int v = 0; v < kVecs; ++v) acc[j][v] = first ? (v16){} : *(const v16*)(out[j] + col + 16 * v);
+  const float* w = wp;
+  for (long k = 0; k < K; ++k, w += kTile) {
+    v16 wv[kVecs];
+    for (int v = 0; v < kVecs; ++v) wv[v] = *(const v16*)(w + 16 * v);
+    const float* xk = xp + k * RB;
+    for (int j = 0; j < RB; ++j)
+      for (int v = 0; v < kVecs; ++v) acc[j][v] += wv[v] * xk[j];
+  }
+  for (int j = 0; j < RB; ++j)
+    for (int v = 0; v < kVecs; ++v) *(v16*)(out[j] + col + 16 * v) = acc[j][v];
+}
+
+void tile_rows(int rb, const float* xp, const float* wp, long K, long col, float* const* out, bool first) {
+  switch (rb) {
+    case 6: tile_kernel<6>(xp, wp, K, col, out, first); break;
+    case 4: tile_kernel<4>(xp, wp, K, col, out, first); break;
+    case 2: tile_kernel<2>(xp, wp, K, col, out, first); break;
+    default: tile_kernel<1>(xp, wp, K, col, out, first); break;
+  }
+}
+
+// rows in the next register tile when `left` rows of a group remain
+int block_rows(long left) { return left >= kBlock ? kBlock : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+
+// Work for one thread: a group's column range [n0, n0+w) over W rows [k0, k1). split >= 0: a 1-2-row group
+// whose W rows were cut into pieces; this item writes piece `split` of its partial sums.
+struct Item { long group; long n0, w, k0, k1; long split; };
+
+}  // namespace
+
+std::vector<Group> make_groups(const Pairs& sorted) {
+  std::vector<Group> groups;
+  for (size_t i = 0; i < sorted.size();) {
+    size_t j = i;
+    while (j < sorted.size() && sorted[j].first == sorted[i].first) ++j;
+    groups.push_back({sorted[i].first, (long)i, (long)(j - i)});
+    i = j;
+  }
+  return groups;
+}
+
+void grouped_matmul(const Pairs& sorted, const std::vector<Group>& groups, const float* in, long in_div,
+                    long in_stride, const float* W, long K, long N, float* out, long out_stride) {
+  auto in_row = [&](long i) { return in + sorted[i].second / in_div * in_stride; };
+  auto out_row = [&](long i) { return out + sorted[i].second * out_stride; };
+  std::vector<Item> items;
+  std::vector<long> partial_row(sorted.size(), -1);  // row of the partial sums, for the 1-2-row groups' entries
+  long partial_rows = 0, splits = 0;
+  for (long g = 0; g < (long)groups.size(); ++g) {
+    const Group& gr = groups[g];
+    if (gr.count <= 2) {
+      long s = 0;
+      for (long k0 = 0; k0 < K; k0 += kRowsPerSplit, ++s)
+        for (long n0 = 0; n0 < N; n0 += kSplitCols)
+          items.push_back({g, n0, std::min(kSplitCols, N - n0), k0, std::min(K, k0 + kRowsPerSplit), s});
+      splits = std::max(splits, s);
+      for (long r = 0; r < gr.count; ++r) partial_row[gr.first + r] = partial_rows++;
+    } else {
+      for (long n0 = 0; n0 < N; n0 += kCols) items.push_back({g, n0, std::min(kCols, N - n0), 0, K, -1});
+    }
+  }
+  // partial sums of the 1-2-row groups: [split][partial row][N], zero where a split has no item
+  std::vector<float> partial((size_t)splits * partial_rows * N, 0.f);
+  // several-row groups' rows, packed k-major per register-tile block of rows (xp[k*rb + j])
+  std::unique_ptr<float[]> xpack(new float[sorted.size() * K]);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (long g = 0; g < (long)groups.size(); ++g) {
+    const Group& gr = groups[g];
+    if (gr.count <= 2) continue;
+    for (long r = gr.first; r < gr.first + gr.count;) {
+      const int rb = block_rows(gr.first + gr.count - r);
+      float* xp = xpack.get() + r * K;
+      for (int b = 0; b < rb; ++b) {
+        const float* row = in_row(r + b);
+        for (long k = 0; k < K; ++k) xp[k * rb + b] = row[k];
+      }
+      r += rb;
+    }
+  }
+#pragma omp parallel for schedule(dynamic, 1)
+  for (long it = 0; it < (long)items.size(); ++it) {
+    const Item& item = items[it];
+    const Group& gr = groups[item.group];
+    const float* Wx = W + gr.expert * K * N;
+    if (item.split < 0) {  // several rows: kDepth x kTile blocks of W packed once, each swept by every row block
+      float wpack[kDepth * kTile] __attribute__((aligned(64)));
+      const long full = item.w / kTile * kTile;
+      for (long c = 0; c < full; c += kTile)
+        for (long k0 = 0; k0 < K; k0 += kDepth) {
+          const long depth = std::min(kDepth, K - k0);
+          const float* src = Wx + k0 * N + item.n0 + c;
+          for (long k = 0; k < depth; ++k) std::copy(src + k * N, src + k * N + kTile, wpack + k * kTile);
+          // the next block's W rows start loading while this one is swept
+          const float* next = k0 + kDepth < K ? src + kDepth * N : c + kTile < full ? Wx + item.n0 + c + kTile
+                                                                                     : nullptr;
+          if (next != nullptr)
+            for (long k = 0; k < std::min(kDepth, K); ++k)
+              for (long v = 0; v < kTile; v += 16) __builtin_prefetch(next + k * N + v);
+          for (long r = gr.first; r < gr.first + gr.count;) {
+            const int rb = block_rows(gr.first + gr.count - r);
+            float* os[kBlock];
+            for (int j = 0; j < rb; ++j) os[j] = out_row(r + j);
+            tile_rows(rb, xpack.get() + r * K + k0 * rb, wpack, depth, item.n0 + c, os, k0 == 0);
+            r += rb;
+          }
+        }
+      if (full < item.w) {  // the last few columns (widths that are not a multiple of kTile)
+        for (long r = gr.first; r < gr.first + gr.count;) {
+          const int rb = block_rows(gr.first + gr.count - r);
+          const float* xs[kBlock];
+          float* acc[kBlock];
+          for (int j = 0; j < rb; ++j) {
+            xs[j] = in_row(r + j);
+            acc[j] = out_row(r + j) + item.n0 + full;
+            std::fill(acc[j], acc[j] + item.w - full, 0.f);
+          }
+          accumulate_rows(rb, xs, Wx, N, 0, K, item.n0 + full, item.w - full, acc);
+          r += rb;
+        }
+      }
+      continue;
+    }
+    const float* xs[2];
+    float* acc[2];
+    for (long j = 0; j < gr.count; ++j) {
+      xs[j] = in_row(gr.first + j);
+      acc[j] = partial.data() + ((size_t)item.split * partial_rows + partial_row[gr.first + j]) * N + item.n0;
+    }
+    accumulate_rows((int)gr.count, xs, Wx, N, item.k0, item.k1, item.n0, item.w, acc);
+  }
+  // the 1-2-row groups' outputs: their partial sums added in split order
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < (long)sorted.size(); ++i) {
+    if (partial_row[i] < 0) continue;
+    float* o = out_row(i);
+    std::fill(o, o + N, 0.f);
+    for (long q = 0; q < splits; ++q) {
+      const float* pr = partial.data() + ((size_t)q * partial_rows + partial_row[i]) * N;
+      for (long n = 0; n < N; ++n) o[n] += pr[n];
+    }
+  }
+}
+
+}  // namespace omni

@@ -1,0 +1,62 @@
+"""The CPU matmul kernel against float64 numpy, in float32.
+
+Tolerance: 1e-5 of the output's largest value. A float32 sum of K <= 700 products of unit-scale terms drifts from
+the exact one by ~sqrt(K) eps per unit of sum|terms| (measured: up to 1e-6 of the largest value, as XLA's own dot);
+a skipped row split, a misplaced column chunk or a wrong row moves outputs by O(1) of it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from omni_jax import kernels
+from omni_jax.kernels.matmul import MAX_ROWS
+from omni_jax.ops.linear import linear
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the CPU kernels are off")
+
+
+def operands(seed, lead, K, N):
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.standard_normal((*lead, K)), jnp.float32),
+            jnp.asarray(rng.standard_normal((K, N)) / np.sqrt(K), jnp.float32))
+
+
+# K > 256: the 1-2-row path sums partial products over row splits; N > 2048: it also splits columns; N = 2100 is
+# not a multiple of the 64-column register tile: the several-row path finishes the last columns separately
+@pytest.mark.parametrize("lead", [(1,), (2,), (3,), (2, 5), (13,), (MAX_ROWS,)])
+@pytest.mark.parametrize("K,N", [(40, 12), (700, 2100)])
+def test_matmul_matches_float64(lead, K, N):
+    x, w = operands(K + N + sum(lead), lead, K, N)
+    y = jax.jit(kernels.matmul)(x, w)
+    ref = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    assert y.shape == (*lead, N) and y.dtype == jnp.float32
+    np.testing.assert_allclose(y, ref, atol=1e-5 * float(np.abs(ref).max()), rtol=0)
+
+
+def test_linear_uses_the_kernel_for_a_few_float32_rows_only():
+    x, w = operands(0, (4,), 64, 32)
+
+    def hlo(x, w):
+        return jax.jit(linear).lower(x, w).as_text()
+
+    assert "OmniMatmul" in hlo(x, w)
+    assert "OmniMatmul" not in hlo(jnp.zeros((MAX_ROWS + 1, 64), jnp.float32), w)
+    assert "OmniMatmul" not in hlo(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    # a program lowered for another platform keeps XLA's dot
+    other = jax.jit(linear).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+    assert "OmniMatmul" not in other and "dot_general" in other
+
+
+def test_gradients_are_xla_dots(monkeypatch):
+    x, w = operands(1, (3,), 40, 12)
+
+    def loss(x, w):
+        return jnp.sum(jnp.sin(linear(x, w)))
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+    monkeypatch.setenv("OMNI_JAX_CPU_KERNELS", "0")
+    assert not kernels.matmul_usable(x, w)
+    ref = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+    for g, r in zip(grads, ref):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
