@@ -7,18 +7,20 @@ import jax.numpy as jnp
 
 from omni_jax.kernels.build import available, usable_here
 
-# Rows up to which the kernel beats XLA:CPU's dot (real widths, float32: 1 row 0.54 -> 0.50 ms on
-# [1024, 3072], 25 rows 1.77 -> ms; at 100 rows XLA's GEMM runs at 270 GF/s and is kept)
-MAX_ROWS = 64
+# The rows where the kernel beats XLA:CPU's dot, float32, [1024, 3072] weights read from memory (from cache):
+# 8 rows 1.54 -> 0.91 ms, 25 rows 2.48 -> 1.20 ms (2.21 -> 0.79); 64 rows 1.85 -> 1.61 ms from cache; at 100
+# rows XLA's GEMM runs at 270 GF/s. On 1-2 rows XLA's GEMV is as fast from memory and faster from cache
+# (wide weights: [2048, 151936] 36 vs 42 ms), so they keep it.
+MIN_ROWS, MAX_ROWS = 3, 64
 
 
 def matmul_usable(x, w) -> bool:
-    """True when ``matmul`` applies: float32 operands, w 2-D, at most MAX_ROWS rows of x, kernels usable here."""
+    """True when ``matmul`` should run: float32 operands, w 2-D, MIN_ROWS..MAX_ROWS rows of x, kernels usable."""
     rows = 1
     for d in x.shape[:-1]:
         rows *= d
     return (x.dtype == jnp.float32 and w.dtype == jnp.float32 and w.ndim == 2 and x.ndim >= 1
-            and 0 < rows <= MAX_ROWS and usable_here())
+            and MIN_ROWS <= rows <= MAX_ROWS and usable_here())
 
 
 def matmul(x, w) -> jax.Array:

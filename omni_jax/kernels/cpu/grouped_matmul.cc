@@ -63,7 +63,7 @@ void tile_kernel(const float* __restrict__ xp, const float* __restrict__ wp, lon
                  bool first) {
   v16 acc[RB][kVecs];
   for (int j = 0; j < RB; ++j)
-    for (int v = 0; v < kVecs; ++v) acc[j][v] = first ? (v16){} : *(const v16*)(out[j] + col + 16 * v);
+    for (int v = 0; v < kVecs; ++v) acc[j][v] = (v16){};
   const float* w = wp;
   for (long k = 0; k < K; ++k, w += kTile) {
     v16 wv[kVecs];
@@ -72,8 +72,12 @@ void tile_kernel(const float* __restrict__ xp, const float* __restrict__ wp, lon
     for (int j = 0; j < RB; ++j)
       for (int v = 0; v < kVecs; ++v) acc[j][v] += wv[v] * xk[j];
   }
+  // each block of W rows sums in fresh accumulators, then adds to the output: float32 error like a blocked GEMM's
   for (int j = 0; j < RB; ++j)
-    for (int v = 0; v < kVecs; ++v) *(v16*)(out[j] + col + 16 * v) = acc[j][v];
+    for (int v = 0; v < kVecs; ++v) {
+      v16* o = (v16*)(out[j] + col + 16 * v);
+      *o = first ? acc[j][v] : *o + acc[j][v];
+    }
 }
 
 void tile_rows(int rb, const float* xp, const float* wp, long K, long col, float* const* out, bool first) {
