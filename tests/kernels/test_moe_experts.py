@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler
 
 # H > 256 rows: the 1–2-row groups sum partial products over row splits; 2I = 520 > 512 columns: the
 # several-row groups run two column chunks, the second one narrow
-SHAPES = {"tiny": (5, 40, 12), "splits_and_chunks": (6, 300, 260)}
+# many_experts: 8+ experts with several rows each: every such expert is one work item over its whole matrix
+SHAPES = {"tiny": (5, 40, 12), "splits_and_chunks": (6, 300, 260), "many_experts": (12, 300, 260)}
 
 
 def operands(seed, S, H, I, T, K, zero_slots=0):
@@ -32,7 +33,7 @@ def operands(seed, S, H, I, T, K, zero_slots=0):
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("T,K", [(1, 4), (2, 3), (13, 5)])  # groups of 1, 2, 4 and 8 rows
+@pytest.mark.parametrize("T,K", [(1, 4), (2, 3), (13, 5), (40, 4)])  # groups of 1, 2, several and many rows
 def test_kernel_matches_xla_gather(shape, T, K):
     S, H, I = SHAPES[shape]
     x, w, e, gu, dn = operands(T * 7 + K, S, H, I, T, min(K, S))

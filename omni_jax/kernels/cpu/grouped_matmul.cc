@@ -11,7 +11,8 @@ namespace {
 
 constexpr long kCols = 256;     // output columns per work item when a group has several rows
 constexpr long kRowsPerSplit = 256;  // rows of W per work item when a group has 1-2 rows (bandwidth-bound)
-constexpr long kSplitCols = 2048;    // and columns per such item: its accumulators (8 KB a row) stay in L1
+constexpr long kSplitCols = 2048;
+constexpr long kWholeMatrixGroups = 8;  // several-row groups from which each one is a single work item    // and columns per such item: its accumulators (8 KB a row) stay in L1
 
 // acc[j][0:w] += sum_{k in [k0,k1)} x[j][k] * W[k][n0:n0+w] for RB rows, four rows of W per pass
 template <int RB>
@@ -116,6 +117,11 @@ void grouped_matmul(const Pairs& sorted, const std::vector<Group>& groups, const
   std::vector<Item> items;
   std::vector<long> partial_row(sorted.size(), -1);  // row of the partial sums, for the 1-2-row groups' entries
   long partial_rows = 0, splits = 0;
+  // several-row groups: with enough of them to share, each is one item that streams its matrix's rows whole
+  // (the hardware prefetcher follows them); with a few, their columns are split among the threads
+  long several_groups = 0;
+  for (const Group& gr : groups) several_groups += gr.count > 2;
+  const long cols = several_groups >= kWholeMatrixGroups ? N : kCols;
   for (long g = 0; g < (long)groups.size(); ++g) {
     const Group& gr = groups[g];
     if (gr.count <= 2) {
@@ -126,7 +132,7 @@ void grouped_matmul(const Pairs& sorted, const std::vector<Group>& groups, const
       splits = std::max(splits, s);
       for (long r = 0; r < gr.count; ++r) partial_row[gr.first + r] = partial_rows++;
     } else {
-      for (long n0 = 0; n0 < N; n0 += kCols) items.push_back({g, n0, std::min(kCols, N - n0), 0, K, -1});
+      for (long n0 = 0; n0 < N; n0 += cols) items.push_back({g, n0, std::min(cols, N - n0), 0, K, -1});
     }
   }
   // partial sums of the 1-2-row groups: [split][partial row][N], zero where a split has no item
@@ -153,27 +159,26 @@ void grouped_matmul(const Pairs& sorted, const std::vector<Group>& groups, const
     const Group& gr = groups[item.group];
     const float* Wx = W + gr.expert * K * N;
     if (item.split < 0) {  // several rows: kDepth x kTile blocks of W packed once, each swept by every row block
-      float wpack[kDepth * kTile] __attribute__((aligned(64)));
+      // the item's full tiles, kDepth rows of W at a time: each row's columns read contiguously and packed
+      // strip by strip (wpack [strip][k][kTile]), then every row block sweeps every strip
+      thread_local std::vector<float> wpack;
       const long full = item.w / kTile * kTile;
-      for (long c = 0; c < full; c += kTile)
-        for (long k0 = 0; k0 < K; k0 += kDepth) {
-          const long depth = std::min(kDepth, K - k0);
-          const float* src = Wx + k0 * N + item.n0 + c;
-          for (long k = 0; k < depth; ++k) std::copy(src + k * N, src + k * N + kTile, wpack + k * kTile);
-          // the next block's W rows start loading while this one is swept
-          const float* next = k0 + kDepth < K ? src + kDepth * N : c + kTile < full ? Wx + item.n0 + c + kTile
-                                                                                     : nullptr;
-          if (next != nullptr)
-            for (long k = 0; k < std::min(kDepth, K); ++k)
-              for (long v = 0; v < kTile; v += 16) __builtin_prefetch(next + k * N + v);
+      wpack.resize((size_t)kDepth * std::max(full, 1L));
+      for (long k0 = 0; full > 0 && k0 < K; k0 += kDepth) {
+        const long depth = std::min(kDepth, K - k0);
+        const float* src = Wx + k0 * N + item.n0;
+        for (long k = 0; k < depth; ++k)
+          for (long c = 0; c < full; c += kTile)
+            std::copy(src + k * N + c, src + k * N + c + kTile, wpack.data() + (c * depth + k * kTile));
+        for (long c = 0; c < full; c += kTile)
           for (long r = gr.first; r < gr.first + gr.count;) {
             const int rb = block_rows(gr.first + gr.count - r);
             float* os[kBlock];
             for (int j = 0; j < rb; ++j) os[j] = out_row(r + j);
-            tile_rows(rb, xpack.get() + r * K + k0 * rb, wpack, depth, item.n0 + c, os, k0 == 0);
+            tile_rows(rb, xpack.get() + r * K + k0 * rb, wpack.data() + c * depth, depth, item.n0 + c, os, k0 == 0);
             r += rb;
           }
-        }
+      }
       if (full < item.w) {  // the last few columns (widths that are not a multiple of kTile)
         for (long r = gr.first; r < gr.first + gr.count;) {
           const int rb = block_rows(gr.first + gr.count - r);
