@@ -63,8 +63,8 @@ def run_experts(x, weights, experts, valid, gate_up, down, *, backend: str = "au
     the flattened stack) — slicing one layer out first makes XLA:CPU copy all of that layer's experts.
 
     ``auto`` on CPU with the CPU kernel usable (float32, plain weights) is ``gather`` at every token count: the
-    kernel reads each used expert once, in place (real width, 128 experts: 77 vs 291 ms with ``tiles`` at 16
-    tokens, 989 vs 1159 ms at 512)."""
+    kernel reads each used expert once, in place (real width, 128 experts: 63 vs 167 ms with ``tiles`` at 16
+    tokens, 265 vs 513-595 ms at 512)."""
     if backend == "auto" and moe_experts_usable(x, *_expert_stacks(gate_up, down, layer)):
         backend = "gather"
     name = choose_backend(x.shape[0]) if backend == "auto" else backend
