@@ -170,7 +170,7 @@ def speech_compile_ahead_jobs(cfg: OmniConfig, model_params: dict, prompt, speak
     max_new_tokens=max_new_tokens)`` will run after a Thinker run on ``prompt`` (a ``PreparedPrompt``; its
     ``inputs_embeds`` may be None or a ShapeDtypeStruct): the talker prompt, the Talker's prefill and frame step,
     and Code2Wav's first window (as wide as ``min(chunk_size, max_frames)`` frames need)."""
-    from omni_jax.models.code2wav import WINDOW_BUCKET, decode_window_jit, with_layer_views
+    from omni_jax.models.code2wav import decode_window_jit, window_width, with_layer_views
 
     text = model_params["thinker"]["text"]
     b, p = prompt.input_ids.shape
@@ -196,7 +196,7 @@ def speech_compile_ahead_jobs(cfg: OmniConfig, model_params: dict, prompt, speak
         return job
 
     c2w = cfg.code2wav
-    width = min(left_context + chunk_size, -(-max(min(chunk_size, max_frames), 1) // WINDOW_BUCKET) * WINDOW_BUCKET)
+    width = window_width(min(chunk_size, max_frames), left_context + chunk_size)
     window = jax.ShapeDtypeStruct((1, c2w.num_quantizers, width), np.int32)
 
     def code2wav():

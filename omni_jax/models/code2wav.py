@@ -318,7 +318,22 @@ def decode_window(params: dict, window: jax.Array, cfg: Code2WavConfig) -> jax.A
 
 
 decode_window_jit = program(decode_window, static_argnames=("cfg",))
-WINDOW_BUCKET = 32  # frames: short windows are padded to a multiple of this (at most left_context + chunk_size)
+WINDOW_BUCKET = 32  # frames: windows longer than SMALL_WINDOWS[-1] are padded to a multiple of this
+SMALL_WINDOWS = (4, 8, 16)  # shorter windows are padded to the first of these that holds them
+
+
+def window_width(frames: int, cap: int) -> int:
+    """The static width a window of ``frames`` code frames is decoded at: the first of SMALL_WINDOWS that holds it,
+    else ``frames`` rounded up to WINDOW_BUCKET; never more than ``cap`` (``left_context + chunk_size``).
+
+    A stream's first pieces have little context (HF: ``min(left_context, start)``), so their windows are short:
+    with 4-frame pieces and 25 frames of context the windows are 4, 8, 12, ... 28, then 29 frames. Padding
+    all of them to 32 decoded up to 8x the frames (a 12-frame answer: 96 frames for 3 pieces, ~2 s at real
+    width); these buckets decode 28 for at most 4 compiled widths (4, 8, 16, 29)."""
+    frames = max(frames, 1)
+    small = [w for w in SMALL_WINDOWS if w >= frames]
+    width = small[0] if small else -(-frames // WINDOW_BUCKET) * WINDOW_BUCKET
+    return min(cap, width)
 
 
 class Code2WavStreamer:
@@ -327,9 +342,8 @@ class Code2WavStreamer:
     Every ``chunk_size`` new frames are decoded together with up to ``left_context`` earlier frames (HF's rule:
     ``context = min(left_context, start)``) and the context's samples are dropped, so the pieces are exactly the
     ones HF's ``chunked_decode`` concatenates. Every decode runs one jitted function on a window of static shape
-    [B, Q, min(left_context + chunk_size, frames rounded up to WINDOW_BUCKET)] (short windows are right-padded;
-    a few widths to compile at most; the decoder is prefix-consistent, see the
-    module docstring) returning a [B, wav_length(width)] array; the piece (after the
+    [B, Q, window_width(frames, left_context + chunk_size)] (short windows are right-padded; a few widths to
+    compile at most; the decoder is prefix-consistent, see the module docstring) returning a [B, wav_length(width)] array; the piece (after the
     context's samples, as long as the chunk's frames give) is cut from it on the host.
     """
 
@@ -346,9 +360,9 @@ class Code2WavStreamer:
         start = self._start
         context = min(self.left_context, start)
         window = self._frames[..., start - context - self._offset: end - self._offset]
-        # a window of left_context + chunk_size frames, or (a short utterance's last piece) the frames there are
-        # rounded up to WINDOW_BUCKET: few shapes to compile, and a 1 s answer does not decode 26 s of padding
-        size = min(self.left_context + self.chunk_size, -(-window.shape[-1] // WINDOW_BUCKET) * WINDOW_BUCKET)
+        # a window of left_context + chunk_size frames, or a shorter one padded to a few widths (window_width):
+        # few shapes to compile, and short windows do not decode many frames of padding
+        size = window_width(window.shape[-1], self.left_context + self.chunk_size)
         pad = size - window.shape[-1]
         window = np.pad(window, ((0, 0), (0, 0), (0, pad)))
         wav = to_host(decode_window_jit(self.params, jnp.asarray(window, jnp.int32), cfg=self.cfg))

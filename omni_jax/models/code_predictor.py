@@ -88,16 +88,33 @@ def init_cache(cfg: CodePredictorConfig, batch: int, dtype) -> list[tuple[jax.Ar
 
 
 PER_LAYER = "per_layer"  # key of ``with_layer_views``'s per-layer weights in the params
+PER_HEAD = "per_head"  # key of its per-code-group lm_head weights
 
 
 def with_layer_views(params: dict) -> dict:
-    """The params plus, under ``PER_LAYER``, each layer's weights as arrays of their own aliasing the stacks
-    (``common.stack_views``: no copy; single-device CPU only, else the params as they are). ``predict_codes``
-    then reads them in place instead of slicing the stacks once per frame."""
+    """The params plus, under ``PER_LAYER``, each layer's weights, and under ``PER_HEAD`` each code group's
+    ``lm_head``, as arrays of their own aliasing the stacks (``common.stack_views``: no copy; single-device CPU
+    only, else the params as they are). ``predict_codes`` then reads them in place instead of slicing the
+    stacks: the layers once per frame, ``lm_head[g]`` (8 MB at real width) at every one of the 14 steps."""
     if PER_LAYER in params:
         return params
     views = stack_views(params["layers"])
-    return params if views is None else dict(params, **{PER_LAYER: views})
+    heads = stack_views({"w": params["lm_head"]})
+    if views is None or heads is None:
+        return params
+    return dict(params, **{PER_LAYER: views, PER_HEAD: tuple(h["w"] for h in heads)})
+
+
+def group_logits(params: dict, h: jax.Array, g) -> jax.Array:
+    """h [B, H] @ lm_head[g] in float32; g may be traced. With ``PER_HEAD`` views a switch over the groups reads
+    the chosen head in place (XLA:CPU copies a slice of the stacked heads before its dot)."""
+    if PER_HEAD not in params:
+        return linear(h, params["lm_head"][g]).astype(jnp.float32)
+    heads = params[PER_HEAD]
+    if isinstance(g, int):
+        return linear(h, heads[g]).astype(jnp.float32)
+    branches = [lambda h, w=w: linear(h, w).astype(jnp.float32) for w in heads]
+    return jax.lax.switch(g, branches, h)
 
 
 def split_layers(params: dict, num_layers: int) -> list[dict]:
@@ -168,14 +185,14 @@ def predict_codes(params: dict, past_hidden: jax.Array, c0_embed: jax.Array, key
     layers, norm, table = split_layers(params, cfg.num_layers), params["norm"], params["codec_embedding"]
     x = jnp.stack([past_hidden, c0_embed], axis=1).astype(dtype)
     h, cache = forward(layers, norm, x, init_cache(cfg, b, dtype), 0, cfg)
-    logits = linear(h[:, -1], params["lm_head"][0]).astype(jnp.float32)
+    logits = group_logits(params, h[:, -1], 0)
     code = choose(logits, keys[0], sample, top_k, top_p, temperature)
 
     def step(carry, g):  # feeds c_g (embedded with table g-1) at position g+1, predicts c_{g+1} with lm_head[g]
         cache, code, embed_sum = carry
         e = table[g - 1, code]  # [B, H]: B rows gathered, not the whole table g-1
         h, cache = forward(layers, norm, e[:, None], cache, g + 1, cfg)
-        logits = linear(h[:, 0], params["lm_head"][g]).astype(jnp.float32)
+        logits = group_logits(params, h[:, 0], g)
         new_code = choose(logits, keys[g], sample, top_k, top_p, temperature)
         return (cache, new_code, embed_sum + e.astype(jnp.float32)), (new_code, logits)
 

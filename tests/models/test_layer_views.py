@@ -68,6 +68,9 @@ def test_code_predictor_views_give_the_same_frame():
     params = pure_params(code_predictor.CodePredictor(cfg, nnx.Rngs(1)))
     viewed = code_predictor.with_layer_views(params)
     assert code_predictor.PER_LAYER in viewed
+    heads = viewed[code_predictor.PER_HEAD]  # each code group's lm_head, aliasing the stack
+    assert len(heads) == cfg.num_code_groups - 1
+    assert heads[3].unsafe_buffer_pointer() == params["lm_head"].unsafe_buffer_pointer() + 3 * heads[3].nbytes
     ph, c0 = jnp.ones((1, cfg.hidden_size)), jnp.full((1, cfg.hidden_size), 0.5)
     ref = code_predictor.predict_codes_jit(params, ph, c0, jax.random.key(0), cfg=cfg)
     ours = code_predictor.predict_codes_jit(viewed, ph, c0, jax.random.key(0), cfg=cfg)
