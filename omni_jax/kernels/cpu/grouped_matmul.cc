@@ -110,8 +110,9 @@ std::vector<Group> make_groups(const Pairs& sorted) {
   return groups;
 }
 
-void grouped_matmul(const Pairs& sorted, const std::vector<Group>& groups, const float* in, long in_div,
-                    long in_stride, const float* W, long K, long N, float* out, long out_stride) {
+void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::vector<Group>& groups,
+                    const float* in, long in_div, long in_stride, const float* W, long K, long N, float* out,
+                    long out_stride) {
   auto in_row = [&](long i) { return in + sorted[i].second / in_div * in_stride; };
   auto out_row = [&](long i) { return out + sorted[i].second * out_stride; };
   std::vector<Item> items;
@@ -139,10 +140,9 @@ void grouped_matmul(const Pairs& sorted, const std::vector<Group>& groups, const
   std::vector<float> partial((size_t)splits * partial_rows * N, 0.f);
   // several-row groups' rows, packed k-major per register-tile block of rows (xp[k*rb + j])
   std::unique_ptr<float[]> xpack(new float[sorted.size() * K]);
-#pragma omp parallel for schedule(dynamic, 1)
-  for (long g = 0; g < (long)groups.size(); ++g) {
+  parallel_for(pool, (long)groups.size(), [&](long g) {
     const Group& gr = groups[g];
-    if (gr.count <= 2) continue;
+    if (gr.count <= 2) return;
     for (long r = gr.first; r < gr.first + gr.count;) {
       const int rb = block_rows(gr.first + gr.count - r);
       float* xp = xpack.get() + r * K;
@@ -152,9 +152,8 @@ void grouped_matmul(const Pairs& sorted, const std::vector<Group>& groups, const
       }
       r += rb;
     }
-  }
-#pragma omp parallel for schedule(dynamic, 1)
-  for (long it = 0; it < (long)items.size(); ++it) {
+  });
+  parallel_for(pool, (long)items.size(), [&](long it) {
     const Item& item = items[it];
     const Group& gr = groups[item.group];
     const float* Wx = W + gr.expert * K * N;
@@ -193,7 +192,7 @@ void grouped_matmul(const Pairs& sorted, const std::vector<Group>& groups, const
           r += rb;
         }
       }
-      continue;
+      return;
     }
     const float* xs[2];
     float* acc[2];
@@ -202,18 +201,18 @@ void grouped_matmul(const Pairs& sorted, const std::vector<Group>& groups, const
       acc[j] = partial.data() + ((size_t)item.split * partial_rows + partial_row[gr.first + j]) * N + item.n0;
     }
     accumulate_rows((int)gr.count, xs, Wx, N, item.k0, item.k1, item.n0, item.w, acc);
-  }
+  });
   // the 1-2-row groups' outputs: their partial sums added in split order
-#pragma omp parallel for schedule(static)
-  for (long i = 0; i < (long)sorted.size(); ++i) {
-    if (partial_row[i] < 0) continue;
+  if (splits == 0) return;
+  parallel_for(pool, (long)sorted.size(), [&](long i) {
+    if (partial_row[i] < 0) return;
     float* o = out_row(i);
     std::fill(o, o + N, 0.f);
     for (long q = 0; q < splits; ++q) {
       const float* pr = partial.data() + ((size_t)q * partial_rows + partial_row[i]) * N;
       for (long n = 0; n < N; ++n) o[n] += pr[n];
     }
-  }
+  });
 }
 
 }  // namespace omni

@@ -1,9 +1,41 @@
 // Row groups multiplied by the weight matrix their group names, read in place (no copies of the weights).
 #pragma once
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <thread>
 #include <utility>
 #include <vector>
 
+#include "xla/ffi/api/ffi.h"
+
 namespace omni {
+
+// body(i) for every i in [0, n), shared by the calling thread and XLA's intra-op threads (the pool that runs the
+// program's other ops: no second thread team competes with it for the cores). Items are claimed one at a time;
+// returns when every claimed item is done. A helper the pool starts after the work is over touches nothing.
+template <typename F>
+void parallel_for(xla::ffi::ThreadPool& pool, long n, const F& body) {
+  if (n <= 0) return;
+  struct State {
+    std::atomic<long> next{0};
+    std::atomic<int> active{0};
+    std::atomic<bool> closed{false};
+  };
+  auto state = std::make_shared<State>();
+  const F* shared_body = &body;
+  const long helpers = std::min<long>(n - 1, std::max<long>(pool.num_threads() - 1, 1));
+  for (long h = 0; h < helpers; ++h)
+    pool.Schedule([state, n, shared_body]() {
+      state->active.fetch_add(1);
+      if (!state->closed.load())
+        for (long i; (i = state->next.fetch_add(1)) < n;) (*shared_body)(i);
+      state->active.fetch_sub(1);
+    });
+  for (long i; (i = state->next.fetch_add(1)) < n;) body(i);
+  state->closed.store(true);
+  while (state->active.load() != 0) std::this_thread::yield();
+}
 
 // (matrix index, slot) pairs sorted by matrix: slot s reads input row s / in_div and writes output row s
 using Pairs = std::vector<std::pair<long, long>>;
@@ -15,7 +47,8 @@ std::vector<Group> make_groups(const Pairs& sorted);
 
 // out[slot] = in[slot / in_div] @ W[matrix of slot] for every (matrix, slot) in `sorted`; W holds the matrices
 // [num_matrices, K, N] row-major. Both cores share the work; results do not depend on the thread count.
-void grouped_matmul(const Pairs& sorted, const std::vector<Group>& groups, const float* in, long in_div,
-                    long in_stride, const float* W, long K, long N, float* out, long out_stride);
+void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::vector<Group>& groups,
+                    const float* in, long in_div, long in_stride, const float* W, long K, long N, float* out,
+                    long out_stride);
 
 }  // namespace omni

@@ -10,7 +10,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-ffi::Error MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
+ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
   const long M = x.dimensions()[0], K = x.dimensions()[1], N = w.dimensions()[1];
   if (M == 0 || N == 0) return ffi::Error::Success();
   omni::Pairs rows;
@@ -21,7 +21,7 @@ ffi::Error MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Res
     std::fill(yp, yp + M * N, 0.f);
     return ffi::Error::Success();
   }
-  omni::grouped_matmul(rows, omni::make_groups(rows), x.typed_data(), 1, K, w.typed_data(), K, N, y->typed_data(), N);
+  omni::grouped_matmul(pool, rows, omni::make_groups(rows), x.typed_data(), 1, K, w.typed_data(), K, N, y->typed_data(), N);
   return ffi::Error::Success();
 }
 
@@ -29,6 +29,7 @@ ffi::Error MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Res
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniMatmul, MatmulImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

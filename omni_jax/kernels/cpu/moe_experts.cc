@@ -14,7 +14,7 @@ using omni::Pairs;
 
 namespace {
 
-ffi::Error MoeExpertsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::S32> experts,
+ffi::Error MoeExpertsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::S32> experts,
                           ffi::Buffer<ffi::F32> gate_up, ffi::Buffer<ffi::F32> down,
                           ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions();
@@ -35,20 +35,18 @@ ffi::Error MoeExpertsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> weights
   // per-slot rows; only the nonzero-weight slots' rows are written and read
   std::unique_ptr<float[]> h(new float[(size_t)T * Kslots * I2]), act(new float[(size_t)T * Kslots * I]),
       o(new float[(size_t)T * Kslots * H]);
-  omni::grouped_matmul(sorted, groups, xp, Kslots, H, gate_up.typed_data(), H, I2, h.get(), I2);
-#pragma omp parallel for schedule(static)
-  for (long i = 0; i < (long)sorted.size(); ++i) {
+  omni::grouped_matmul(pool, sorted, groups, xp, Kslots, H, gate_up.typed_data(), H, I2, h.get(), I2);
+  omni::parallel_for(pool, (long)sorted.size(), [&](long i) {
     const float* hr = h.get() + sorted[i].second * I2;
     float* ar = act.get() + sorted[i].second * I;
     for (long n = 0; n < I; ++n) {
       const float g = hr[n];
       ar[n] = g / (1.f + std::exp(-g)) * hr[I + n];
     }
-  }
-  omni::grouped_matmul(sorted, groups, act.get(), 1, I, down.typed_data(), I, H, o.get(), H);
+  });
+  omni::grouped_matmul(pool, sorted, groups, act.get(), 1, I, down.typed_data(), I, H, o.get(), H);
   float* yp = y->typed_data();
-#pragma omp parallel for schedule(static)
-  for (long t = 0; t < T; ++t) {
+  omni::parallel_for(pool, T, [&](long t) {
     float* yr = yp + t * H;
     std::fill(yr, yr + H, 0.f);
     for (long k = 0; k < Kslots; ++k) {
@@ -57,7 +55,7 @@ ffi::Error MoeExpertsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> weights
       const float* orow = o.get() + (t * Kslots + k) * H;
       for (long n = 0; n < H; ++n) yr[n] += w * orow[n];
     }
-  }
+  });
   return ffi::Error::Success();
 }
 
@@ -65,6 +63,7 @@ ffi::Error MoeExpertsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> weights
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniMoeExperts, MoeExpertsImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
