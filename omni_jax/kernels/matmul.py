@@ -7,20 +7,24 @@ import jax.numpy as jnp
 
 from omni_jax.kernels.build import available, usable_here
 
-# The rows where the kernel beats XLA:CPU's dot, float32, [1024, 3072] weights read from memory (from cache):
-# 8 rows 1.54 -> 0.91 ms, 25 rows 2.48 -> 1.20 ms (2.21 -> 0.79); 64 rows 1.85 -> 1.61 ms from cache; at 100
-# rows XLA's GEMM runs at 270 GF/s. On 1-2 rows XLA's GEMV is as fast from memory and faster from cache
-# (wide weights: [2048, 151936] 36 vs 42 ms), so they keep it.
-MIN_ROWS, MAX_ROWS = 3, 64
+# Where the kernel beats XLA:CPU's dot (float32, medians, quiet machine; from memory = 40+ distinct weights cycled,
+# from cache = one weight, which this CPU's 480 MB L3 keeps as it keeps the code predictor between steps):
+# 1 row of [2048, 4096]: 1.51 -> 1.27 ms from memory, 0.79 -> 0.64 ms from cache; 2 rows of [1024, 3072]: 0.84 ->
+# 0.66 (0.52 -> 0.39); 25 rows 2.58 -> 1.39 (1.29 -> 1.00); 64 rows 2.27 -> 1.70 from cache; from ~100 rows
+# XLA's GEMM runs at 270+ GF/s. One real-width code-predictor frame (5 layers x 15 steps of 1 row): 209.5 ->
+# 176.8 ms. Not for very wide weights: the Thinker's lm_head [2048, 151936] is 37.8 ms with XLA, 44.0 here.
+MIN_ROWS, MAX_ROWS = 1, 64
+MAX_COLUMNS = 65536
 
 
 def matmul_usable(x, w) -> bool:
-    """True when ``matmul`` should run: float32 operands, w 2-D, MIN_ROWS..MAX_ROWS rows of x, kernels usable."""
+    """True when ``matmul`` should run: float32 operands, w 2-D with at most MAX_COLUMNS columns, MIN_ROWS..MAX_ROWS
+    rows of x, kernels usable here."""
     rows = 1
     for d in x.shape[:-1]:
         rows *= d
     return (x.dtype == jnp.float32 and w.dtype == jnp.float32 and w.ndim == 2 and x.ndim >= 1
-            and MIN_ROWS <= rows <= MAX_ROWS and usable_here())
+            and MIN_ROWS <= rows <= MAX_ROWS and w.shape[1] <= MAX_COLUMNS and usable_here())
 
 
 def matmul(x, w) -> jax.Array:

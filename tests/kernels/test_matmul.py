@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from omni_jax import kernels
-from omni_jax.kernels.matmul import MAX_ROWS, MIN_ROWS
+from omni_jax.kernels.matmul import MAX_COLUMNS, MAX_ROWS
 from omni_jax.ops.linear import linear
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the CPU kernels are off")
@@ -42,7 +42,7 @@ def test_linear_uses_the_kernel_for_a_few_float32_rows_only():
 
     assert "OmniMatmul" in hlo(x, w)
     assert "OmniMatmul" not in hlo(jnp.zeros((MAX_ROWS + 1, 64), jnp.float32), w)
-    assert "OmniMatmul" not in hlo(jnp.zeros((MIN_ROWS - 1, 64), jnp.float32), w)
+    assert "OmniMatmul" not in hlo(x, jnp.zeros((64, MAX_COLUMNS + 1), jnp.float32))
     assert "OmniMatmul" not in hlo(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
     # a program lowered for another platform keeps XLA's dot
     other = jax.jit(linear).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
