@@ -8,23 +8,25 @@ import jax.numpy as jnp
 from omni_jax.kernels.build import available, usable_here
 
 # Where the kernel beats XLA:CPU's dot (float32, medians, quiet machine; from memory = 40+ distinct weights cycled,
-# from cache = one weight, which this CPU's 480 MB L3 keeps as it keeps the code predictor between steps):
-# 1 row of [2048, 4096]: 1.51 -> 1.27 ms from memory, 0.79 -> 0.64 ms from cache; 2 rows of [1024, 3072]: 0.84 ->
-# 0.66 (0.52 -> 0.39); 25 rows 2.58 -> 1.39 (1.29 -> 1.00); 64 rows 2.27 -> 1.70 from cache; from ~100 rows
-# XLA's GEMM runs at 270+ GF/s. One real-width code-predictor frame (5 layers x 15 steps of 1 row): 209.5 ->
-# 176.8 ms. Not for very wide weights: the Thinker's lm_head [2048, 151936] is 37.8 ms with XLA, 44.0 here.
-MIN_ROWS, MAX_ROWS = 1, 64
+# from cache = one weight, which this CPU's 480 MB L3 keeps): 2 rows of [1024, 3072]: 0.84 -> 0.66 ms from memory
+# (0.52 -> 0.39 from cache); 25 rows 2.58 -> 1.39 (1.29 -> 1.00); 64 rows 2.27 -> 1.70 from cache; from ~100 rows
+# XLA's GEMM runs at 270+ GF/s. One row: alone the kernel wins too ([2048, 4096]: 1.51 -> 1.27 ms from memory,
+# 0.79 -> 0.64 from cache), and it makes a code-predictor frame (5 layers x 15 steps of 1 row) 209.5 -> 176.8 ms,
+# but inside a Thinker decode step, where XLA runs the q/k/v dots and the MoE concurrently, the step went
+# 8.9-9.2 -> 11.1-11.3 ms. So 1-2 rows use it only where a caller asks (``min_rows=1``: the code predictor).
+# Very wide weights keep XLA's dot: the Thinker's lm_head [2048, 151936] is 37.8 ms with XLA, 44.0 here.
+MIN_ROWS, MAX_ROWS = 3, 64
 MAX_COLUMNS = 65536
 
 
-def matmul_usable(x, w) -> bool:
-    """True when ``matmul`` should run: float32 operands, w 2-D with at most MAX_COLUMNS columns, MIN_ROWS..MAX_ROWS
+def matmul_usable(x, w, min_rows: int = MIN_ROWS) -> bool:
+    """True when ``matmul`` should run: float32 operands, w 2-D with at most MAX_COLUMNS columns, min_rows..MAX_ROWS
     rows of x, kernels usable here."""
     rows = 1
     for d in x.shape[:-1]:
         rows *= d
     return (x.dtype == jnp.float32 and w.dtype == jnp.float32 and w.ndim == 2 and x.ndim >= 1
-            and MIN_ROWS <= rows <= MAX_ROWS and w.shape[1] <= MAX_COLUMNS and usable_here())
+            and min_rows <= rows <= MAX_ROWS and w.shape[1] <= MAX_COLUMNS and usable_here())
 
 
 def matmul(x, w) -> jax.Array:

@@ -43,6 +43,9 @@ def test_linear_uses_the_kernel_for_a_few_float32_rows_only():
     assert "OmniMatmul" in hlo(x, w)
     assert "OmniMatmul" not in hlo(jnp.zeros((MAX_ROWS + 1, 64), jnp.float32), w)
     assert "OmniMatmul" not in hlo(x, jnp.zeros((64, MAX_COLUMNS + 1), jnp.float32))
+    one = x[:1]  # a single row takes the kernel only where the caller asks for it
+    assert "OmniMatmul" not in hlo(one, w)
+    assert "OmniMatmul" in jax.jit(lambda x, w: linear(x, w, kernel_min_rows=1)).lower(one, w).as_text()
     assert "OmniMatmul" not in hlo(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
     # a program lowered for another platform keeps XLA's dot
     other = jax.jit(linear).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
