@@ -66,6 +66,9 @@ def setup_compilation_cache(setting: str | os.PathLike | None = None) -> Path | 
             directory.mkdir(parents=True, exist_ok=True)
         except OSError:
             directory = None  # an unwritable cache location must not stop generation
+    _install()  # count the cache's hits from its first one (omni_jax.executables saves nothing after one)
+    with _lock:
+        _process_hits[0] = 0  # hits of the cache this process used before do not count for the new one
     jax.config.update("jax_compilation_cache_dir", None if directory is None else str(directory))
     jax.config.update("jax_enable_compilation_cache", directory is not None)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -191,6 +194,7 @@ _installed: list[bool] = []
 
 
 _thread_hits = threading.local()  # persistent-cache hits on each thread
+_process_hits = [0]  # persistent-cache hits in this process, on any thread
 
 
 def cache_hits_on_this_thread() -> int:
@@ -199,10 +203,25 @@ def cache_hits_on_this_thread() -> int:
     return getattr(_thread_hits, "count", 0)
 
 
+def cache_hits_in_process() -> int:
+    """Programs JAX's persistent cache has served in this process, on any thread, since it was last set up with
+    ``setup_compilation_cache``."""
+    _install()
+    return _process_hits[0]
+
+
+def reset_cache_hit_count() -> None:
+    """Start ``cache_hits_in_process`` over, as a new process would (tests that simulate one)."""
+    with _lock:
+        _process_hits[0] = 0
+
+
 def _on_event(event: str, **kwargs) -> None:
     if event == _CACHE_HIT:
         _pending_hit.value = True
         _thread_hits.count = getattr(_thread_hits, "count", 0) + 1
+        with _lock:
+            _process_hits[0] += 1
 
 
 def _on_duration(event: str, seconds: float, **kwargs) -> None:

@@ -19,8 +19,9 @@ Two entries per program:
 Static arguments must be plain values (numbers, strings, dtypes, enums, frozen dataclasses and tuples of
 them); anything else, such as a callable, sends the call down the ordinary ``jax.jit`` path, as do calls
 inside a trace (a program used within another jitted function), calls with the compilation cache off, and
-multi-process runs. An entry that cannot be read is removed and compiled again. Only executables XLA
-compiled in this process are saved: one that JAX's own cache served serializes without its compiled functions.
+multi-process runs. An entry that cannot be read is removed and compiled again. Only executables XLA compiled
+in a process that JAX's own cache has served nothing to are saved: one that cache served serializes without its
+compiled functions, and so can one compiled after it in the same process.
 
 Loading an executable runs code from the cache directory: keep it private (as JAX's own cache).
 """
@@ -276,12 +277,14 @@ class Program:
         if compiled is not None:
             self._link(by_hlo, path)
             return compiled
-        hits = compilation.cache_hits_on_this_thread()
         # the inert option keeps these compilations apart from plain jax.jit entries in JAX's own cache
         compiled = lowered.compile(compiler_options={"xla_dump_hlo_module_re": "omni_jax.executables", **options})
-        if compilation.cache_hits_on_this_thread() == hits:
-            # only what XLA compiled here is saved: an executable JAX's own cache served (this store's entry
-            # was deleted) serializes without its compiled functions, and would load and then fail to run
+        if compilation.cache_hits_in_process() == 0:
+            # only what XLA compiled in a process JAX's own cache has served nothing to is saved: an executable
+            # that cache served serializes without its compiled functions, and so does one XLA compiled after
+            # such a load in the same process (its functions are shared with the loaded one: Code2Wav's window,
+            # compiled after the cache served the same program at another width, saved, loaded by the next
+            # process and failed there with "Function wrapped_exponential.7 not found")
             if self._save(by_hlo, compiled):
                 self._link(by_hlo, path)
         return compiled
