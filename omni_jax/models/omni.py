@@ -15,6 +15,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from omni_jax.config import OmniConfig, ThinkerConfig
@@ -111,7 +112,11 @@ def model_from_flat(cfg: OmniConfig, flat: dict, dtype=jnp.float32) -> OmniModel
             raise KeyError(f"parameter {key} was not loaded")
         arr = flat[key]
         want = var.get_value().dtype
-        if not isinstance(arr, jax.Array):
+        if isinstance(arr, np.ndarray) and arr.dtype == want:
+            # adopted in place when its data is aligned (weights.mapping.aligned_zeros): jnp.asarray would copy
+            # it asynchronously, each copy holding its host array until done (both copies of the model at once)
+            arr = jax.device_put(arr)
+        elif not isinstance(arr, jax.Array):
             arr = jnp.asarray(arr, dtype=want)
         elif arr.dtype != want:
             arr = arr.astype(want)

@@ -75,6 +75,19 @@ def check_names(table: NameTable, available: Iterable[str], source: str = "check
                               f"does config.json match the weights?)")
 
 
+HOST_ALIGNMENT = 64  # bytes: XLA:CPU adopts a host array this aligned as a device buffer without copying it
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``np.zeros(shape, dtype)`` whose data starts on a HOST_ALIGNMENT boundary, so ``jax.device_put`` on a CPU
+    device uses it in place (a parameter read into it then exists once, not as a host and a device copy)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(nbytes + HOST_ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data) % HOST_ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def fill_params(table: NameTable, read: Callable[[str], np.ndarray], available: Iterable[str], dtype,
                 params: dict[str, np.ndarray] | None = None, names: Iterable[str] | None = None,
                 source: str = "checkpoint", progress=None, strict: bool = True) -> dict[str, np.ndarray]:
@@ -91,7 +104,7 @@ def fill_params(table: NameTable, read: Callable[[str], np.ndarray], available: 
         path = slot.rule.param
         shape = table.param_shapes[path]
         if path not in params:
-            params[path] = np.zeros(shape, dtype)
+            params[path] = aligned_zeros(shape, dtype)
         tensor = read(name)
         want = table.hf_shape(name)
         if tuple(tensor.shape) != want:

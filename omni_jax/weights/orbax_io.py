@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import ml_dtypes
 import numpy as np
 
-from omni_jax.weights.mapping import NameTable, param_slice
+from omni_jax.weights.mapping import NameTable, aligned_zeros, param_slice
 from omni_jax.weights.safetensors_io import CheckpointError
 
 MANIFEST = "omni_jax_checkpoint.json"
@@ -246,7 +246,7 @@ def read_params(directory: Path, param_shapes: dict[str, tuple[int, ...]], dtype
         unit = Unit.parse(key)
         path = unit.param
         if path not in out:
-            out[path] = np.zeros(param_shapes[path], dtype)
+            out[path] = aligned_zeros(param_shapes[path], dtype)
         out[path][unit.index() or ...] = arr.astype(dtype)
         seen.add(key)
         if progress is not None:
