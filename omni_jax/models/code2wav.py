@@ -345,6 +345,11 @@ class Code2WavStreamer:
     [B, Q, window_width(frames, left_context + chunk_size)] (short windows are right-padded; a few widths to
     compile at most; the decoder is prefix-consistent, see the module docstring) returning a [B, wav_length(width)] array; the piece (after the
     context's samples, as long as the chunk's frames give) is cut from it on the host.
+
+    While a window would hold every frame so far (``start <= left_context``: a stream's first pieces, and the
+    whole of any answer up to ``left_context + chunk_size`` frames), the new frames are decoded alone instead,
+    with the decoder's state carried between pieces (``code2wav_incremental``): the same samples without
+    decoding the context again. A 12-frame answer in 4-frame pieces decodes 12 frames, not 28 (4 + 8 + 16).
     """
 
     def __init__(self, params: dict, cfg: Code2WavConfig, chunk_size: int = 300, left_context: int = 25):
@@ -355,8 +360,12 @@ class Code2WavStreamer:
         self._frames: np.ndarray | None = None  # all frames seen so far that may still serve as context
         self._offset = 0  # absolute index of self._frames[..., 0]
         self._start = 0  # absolute index of the first frame not yet decoded
+        self._state: dict | None = None  # the incremental decoder's state while every frame so far is context
 
     def _decode(self, end: int) -> np.ndarray:
+        if self._start <= self.left_context:
+            return self._decode_incrementally(end)
+        self._state = None
         start = self._start
         context = min(self.left_context, start)
         window = self._frames[..., start - context - self._offset: end - self._offset]
@@ -372,6 +381,33 @@ class Code2WavStreamer:
         self._offset = keep_from
         first = context * total_upsample(self.cfg)  # HF drops the context frames' samples
         return wav[:, first: first + wav_length(end - start, self.cfg)]
+
+    def _decode_incrementally(self, end: int) -> np.ndarray:
+        """While the window would hold every frame so far (start <= left_context), decode only the new frames
+        (``code2wav_incremental``): same samples, without decoding the context again."""
+        from omni_jax.models.code2wav_incremental import decode_after_jit, initial_state
+
+        start, cap = self._start, self.left_context + self.chunk_size
+        frames = self._frames[..., start - self._offset: end - self._offset]
+        n = frames.shape[-1]
+        width = window_width(n, cap)
+        if start == 0:
+            capacity = self.left_context + window_width(self.chunk_size, cap)
+            self._state = initial_state(self.cfg, frames.shape[0], capacity, self.params["code_embedding"].dtype)
+        frames = np.pad(frames, ((0, 0), (0, 0), (0, width - n)))
+        wav, self._state = decode_after_jit(self.params, self._state, jnp.asarray(frames, jnp.int32),
+                                            np.int32(start), np.int32(n), cfg=self.cfg, first=start == 0)
+        wav = to_host(wav)
+        self._start = end
+        keep_from = max(end - self.left_context, 0)
+        self._frames = self._frames[..., keep_from - self._offset:]
+        self._offset = keep_from
+        if start == 0:
+            return wav[:, :wav_length(n, self.cfg)]
+        # samples wav_length(start) .. of the whole sequence; HF's chunks drop the first
+        # total_upsample - wav_length(1) of them (a window's last frame's samples wait for the next frame)
+        lost = total_upsample(self.cfg) - wav_length(1, self.cfg)
+        return wav[:, lost: total_upsample(self.cfg) * n]
 
     def push(self, frames) -> list[np.ndarray]:
         """frames [B, Q, n] (or [B, Q] for one frame); returns the audio pieces completed by them."""

@@ -184,7 +184,8 @@ def test_streamer_yields_same_pieces_with_two_compilations(setup):
     codes = _codes(7, 2, 23, cfg)
     before = decode_window_jit.cache_size()
     pieces = list(stream_decode(pure_params(model), (codes[..., t] for t in range(23)), cfg, 7, 3))
-    # the first piece (no context) at width 8, the rest at 10 (0 new if the (7, 3) windows were compiled above)
+    # the first piece (no context) is decoded incrementally, the rest as windows 10 wide (0 new compilations if
+    # the (7, 3) windows were compiled above)
     assert decode_window_jit.cache_size() - before <= 2
     assert [p.shape[1] for p in pieces] == [wav_length(7, cfg)] * 3 + [wav_length(2, cfg)]
     whole = chunked_decode(pure_params(model), codes, cfg, 7, 3)

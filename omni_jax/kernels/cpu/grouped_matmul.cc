@@ -1,5 +1,5 @@
-// Grouped matmul kernels: 1-2 rows per matrix stream the weights at memory bandwidth (W rows split over the
-// threads, partial sums added in a fixed order); more rows run register-tiled on packed strips of W.
+// Grouped matmul kernels: up to kStreamRows rows per matrix stream the weights at memory bandwidth (W rows split
+// over the threads, partial sums added in a fixed order); more rows run register-tiled on packed strips of W.
 #include "grouped_matmul.h"
 
 #include <algorithm>
@@ -10,24 +10,37 @@ namespace omni {
 namespace {
 
 constexpr long kCols = 256;     // output columns per work item when a group has several rows
-constexpr long kRowsPerSplit = 256;  // rows of W per work item when a group has 1-2 rows (bandwidth-bound)
-constexpr long kSplitCols = 2048;
+constexpr long kStreamRows = 8;  // groups of at most this many rows stream W (bandwidth-bound): W's rows are split
+                                 // among the threads and each piece is read row by row, contiguously
+constexpr long kRowsPerSplit = 256;  // rows of W per work item of such a group
+constexpr long kSplitCols = 8192;
 constexpr long kWholeMatrixGroups = 8;  // several-row groups from which each one is a single work item    // and columns per such item: its accumulators (8 KB a row) stay in L1
 
-// acc[j][0:w] += sum_{k in [k0,k1)} x[j][k] * W[k][n0:n0+w] for RB rows, four rows of W per pass
+typedef float v16 __attribute__((vector_size(64), aligned(4)));  // 16 floats, unaligned loads allowed
+
+// acc[j][0:w] += sum_{k in [k0,k1)} x[j][k] * W[k][n0:n0+w] for RB rows, four rows of W per pass: each vector
+// of W is loaded once and used for the RB rows
 template <int RB>
 void accumulate(const float* const* x, const float* W, long N, long k0, long k1, long n0, long w, float* const* acc) {
+  const long wv = w / 16 * 16;
   long k = k0;
   for (; k + 4 <= k1; k += 4) {
     const float* w0 = W + k * N + n0;
     const float* w1 = w0 + N;
     const float* w2 = w1 + N;
     const float* w3 = w2 + N;
-    for (int j = 0; j < RB; ++j) {
-      const float a0 = x[j][k], a1 = x[j][k + 1], a2 = x[j][k + 2], a3 = x[j][k + 3];
-      float* __restrict__ o = acc[j];
-      for (long n = 0; n < w; ++n) o[n] += a0 * w0[n] + a1 * w1[n] + a2 * w2[n] + a3 * w3[n];
+    float a0[RB], a1[RB], a2[RB], a3[RB];
+    for (int j = 0; j < RB; ++j) a0[j] = x[j][k], a1[j] = x[j][k + 1], a2[j] = x[j][k + 2], a3[j] = x[j][k + 3];
+    for (long n = 0; n < wv; n += 16) {
+      const v16 v0 = *(const v16*)(w0 + n), v1 = *(const v16*)(w1 + n);
+      const v16 v2 = *(const v16*)(w2 + n), v3 = *(const v16*)(w3 + n);
+      for (int j = 0; j < RB; ++j) {
+        v16* o = (v16*)(acc[j] + n);
+        *o += a0[j] * v0 + a1[j] * v1 + a2[j] * v2 + a3[j] * v3;
+      }
     }
+    for (long n = wv; n < w; ++n)
+      for (int j = 0; j < RB; ++j) acc[j][n] += a0[j] * w0[n] + a1[j] * w1[n] + a2[j] * w2[n] + a3[j] * w3[n];
   }
   for (; k < k1; ++k) {
     const float* w0 = W + k * N + n0;
@@ -43,14 +56,16 @@ void accumulate_rows(int rb, const float* const* x, const float* W, long N, long
                      float* const* acc) {
   switch (rb) {
     case 8: accumulate<8>(x, W, N, k0, k1, n0, w, acc); break;
+    case 7: accumulate<7>(x, W, N, k0, k1, n0, w, acc); break;
     case 6: accumulate<6>(x, W, N, k0, k1, n0, w, acc); break;
+    case 5: accumulate<5>(x, W, N, k0, k1, n0, w, acc); break;
     case 4: accumulate<4>(x, W, N, k0, k1, n0, w, acc); break;
+    case 3: accumulate<3>(x, W, N, k0, k1, n0, w, acc); break;
     case 2: accumulate<2>(x, W, N, k0, k1, n0, w, acc); break;
     default: accumulate<1>(x, W, N, k0, k1, n0, w, acc); break;
   }
 }
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));  // 16 floats, unaligned loads allowed
 constexpr int kVecs = 4;             // v16 per row of a register tile
 constexpr long kTile = 16 * kVecs;   // columns per register tile
 constexpr long kDepth = 128;  // rows of W per packed strip: kDepth x kTile floats stay in L1
@@ -93,7 +108,7 @@ void tile_rows(int rb, const float* xp, const float* wp, long K, long col, float
 // rows in the next register tile when `left` rows of a group remain
 int block_rows(long left) { return left >= kBlock ? kBlock : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
 
-// Work for one thread: a group's column range [n0, n0+w) over W rows [k0, k1). split >= 0: a 1-2-row group
+// Work for one thread: a group's column range [n0, n0+w) over W rows [k0, k1). split >= 0: a few-row group
 // whose W rows were cut into pieces; this item writes piece `split` of its partial sums.
 struct Item { long group; long n0, w, k0, k1; long split; };
 
@@ -116,16 +131,16 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
   auto in_row = [&](long i) { return in + sorted[i].second / in_div * in_stride; };
   auto out_row = [&](long i) { return out + sorted[i].second * out_stride; };
   std::vector<Item> items;
-  std::vector<long> partial_row(sorted.size(), -1);  // row of the partial sums, for the 1-2-row groups' entries
+  std::vector<long> partial_row(sorted.size(), -1);  // row of the partial sums, for the few-row groups' entries
   long partial_rows = 0, splits = 0;
   // several-row groups: with enough of them to share, each is one item that streams its matrix's rows whole
   // (the hardware prefetcher follows them); with a few, their columns are split among the threads
   long several_groups = 0;
-  for (const Group& gr : groups) several_groups += gr.count > 2;
+  for (const Group& gr : groups) several_groups += gr.count > kStreamRows;
   const long cols = several_groups >= kWholeMatrixGroups ? N : kCols;
   for (long g = 0; g < (long)groups.size(); ++g) {
     const Group& gr = groups[g];
-    if (gr.count <= 2) {
+    if (gr.count <= kStreamRows) {
       long s = 0;
       for (long k0 = 0; k0 < K; k0 += kRowsPerSplit, ++s)
         for (long n0 = 0; n0 < N; n0 += kSplitCols)
@@ -136,13 +151,13 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
       for (long n0 = 0; n0 < N; n0 += cols) items.push_back({g, n0, std::min(cols, N - n0), 0, K, -1});
     }
   }
-  // partial sums of the 1-2-row groups: [split][partial row][N], zero where a split has no item
+  // partial sums of the few-row groups: [split][partial row][N], zero where a split has no item
   std::vector<float> partial((size_t)splits * partial_rows * N, 0.f);
   // several-row groups' rows, packed k-major per register-tile block of rows (xp[k*rb + j])
   std::unique_ptr<float[]> xpack(new float[sorted.size() * K]);
   parallel_for(pool, (long)groups.size(), [&](long g) {
     const Group& gr = groups[g];
-    if (gr.count <= 2) return;
+    if (gr.count <= kStreamRows) return;
     for (long r = gr.first; r < gr.first + gr.count;) {
       const int rb = block_rows(gr.first + gr.count - r);
       float* xp = xpack.get() + r * K;
@@ -194,15 +209,15 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
       }
       return;
     }
-    const float* xs[2];
-    float* acc[2];
+    const float* xs[kStreamRows];
+    float* acc[kStreamRows];
     for (long j = 0; j < gr.count; ++j) {
       xs[j] = in_row(gr.first + j);
       acc[j] = partial.data() + ((size_t)item.split * partial_rows + partial_row[gr.first + j]) * N + item.n0;
     }
     accumulate_rows((int)gr.count, xs, Wx, N, item.k0, item.k1, item.n0, item.w, acc);
   });
-  // the 1-2-row groups' outputs: their partial sums added in split order
+  // the few-row groups' outputs: their partial sums added in split order
   if (splits == 0) return;
   parallel_for(pool, (long)sorted.size(), [&](long i) {
     if (partial_row[i] < 0) return;
