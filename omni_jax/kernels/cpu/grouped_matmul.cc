@@ -69,6 +69,7 @@ void accumulate_rows(int rb, const float* const* x, const float* W, long N, long
 constexpr int kVecs = 4;             // v16 per row of a register tile
 constexpr long kTile = 16 * kVecs;   // columns per register tile
 constexpr long kDepth = 128;  // rows of W per packed strip: kDepth x kTile floats stay in L1
+constexpr long kStreams = 8;  // rows of W read side by side while packing
 constexpr int kBlock = 6;            // rows per register tile: 6 x 4 accumulators + 4 loads fit 32 vector registers
 
 // out[j][col:col+kTile] = sum_k xp[k*RB + j] * wp[k][0:kTile]: RB x kTile accumulators held in registers,
@@ -181,7 +182,14 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
       for (long k0 = 0; full > 0 && k0 < K; k0 += kDepth) {
         const long depth = std::min(kDepth, K - k0);
         const float* src = Wx + k0 * N + item.n0;
-        for (long k = 0; k < depth; ++k)
+        // rows packed kStreams at a time, their columns in step: that many sequential streams from memory at once
+        // (one stream at a time leaves the core waiting on each page's first lines)
+        long k = 0;
+        for (; k + kStreams <= depth; k += kStreams)
+          for (long c = 0; c < full; c += kTile)
+            for (long q = 0; q < kStreams; ++q)
+              std::copy(src + (k + q) * N + c, src + (k + q) * N + c + kTile, wpack.data() + (c * depth + (k + q) * kTile));
+        for (; k < depth; ++k)
           for (long c = 0; c < full; c += kTile)
             std::copy(src + k * N + c, src + k * N + c + kTile, wpack.data() + (c * depth + k * kTile));
         for (long c = 0; c < full; c += kTile)
