@@ -25,11 +25,38 @@ from einops import rearrange
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 
 
+QUERY_CHUNK = 64  # query positions per step when a long query is split (scores of one step stay in cache)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *,
               scale: float | None = None, scale_in_float32: bool = False, float32_dots: bool = False
               ) -> jax.Array:
     """mask: bool broadcastable to [B, Lq, Lk] (True = may attend); None = full attention.
-    scale: default head_dim ** -0.5. Returns [B, Lq, Hq, D] in q's dtype."""
+    scale: default head_dim ** -0.5. Returns [B, Lq, Hq, D] in q's dtype.
+
+    Queries longer than ``QUERY_CHUNK`` positions go through ``lax.map`` in chunks of that many (padded to a
+    multiple): each chunk's [.., chunk * G, Lk] scores stay in cache between the two products and the softmax
+    instead of going to memory (Thinker prefill at real width, 512 tokens: 48 -> 28 ms). Rows are independent,
+    so every row's sums are the same as unchunked."""
+    kw = dict(scale=scale, scale_in_float32=scale_in_float32, float32_dots=float32_dots)
+    lq = q.shape[1]
+    if lq <= QUERY_CHUNK:
+        return _attention_rows(q, k, v, mask, **kw)
+    n = -(-lq // QUERY_CHUNK)
+    pad = n * QUERY_CHUNK - lq
+    qs = rearrange(jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))), "b (n c) h d -> n b c h d", n=n)
+    if mask is None or mask.shape[1] == 1:  # the same mask for every query row
+        out = jax.lax.map(lambda qc: _attention_rows(qc, k, v, mask, **kw), qs)
+    else:
+        ms = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))  # padded rows see nothing: uniform weights, cut below
+        ms = rearrange(ms, "b (n c) k -> n b c k", n=n)
+        out = jax.lax.map(lambda a: _attention_rows(a[0], k, v, a[1], **kw), (qs, ms))
+    return rearrange(out, "n b c h d -> b (n c) h d")[:, :lq]
+
+
+def _attention_rows(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *, scale: float | None,
+                    scale_in_float32: bool, float32_dots: bool) -> jax.Array:
+    """``attention`` for one block of query rows, in one pass."""
     b, lq, hq, d = q.shape
     hkv = k.shape[2]
     dtype = q.dtype
