@@ -27,7 +27,7 @@ def moe_experts(x, weights, experts, gate_up, down) -> jax.Array:
         raise RuntimeError("omni_jax.kernels: the CPU kernels are unavailable (no C++ compiler, a failed build, "
                            "or OMNI_JAX_CPU_KERNELS=0); use omni_jax.moe.gather.xla_gather_moe")
     return jax.lax.platform_dependent(x, weights.astype(jnp.float32), experts.astype(jnp.int32), gate_up, down,
-                                      cpu=_kernel, default=_xla)
+                                      cpu=_kernel, default=moe_experts_xla)
 
 
 def _kernel(x, weights, experts, gate_up, down):
@@ -36,10 +36,17 @@ def _kernel(x, weights, experts, gate_up, down):
     return call(x, weights, experts, gate_up, down)
 
 
-def _xla(x, weights, experts, gate_up, down):
-    """The same sums in XLA ops (programs lowered for other platforms)."""
-    e = jnp.clip(experts, 0, gate_up.shape[0] - 1)
-    h = jnp.einsum("th,tkhi->tki", x, gate_up[e])
-    g, u = jnp.split(h, 2, axis=-1)
-    o = jnp.einsum("tki,tkih->tkh", jax.nn.silu(g) * u, down[e])
-    return jnp.einsum("tk,tkh->th", weights, o)
+def moe_experts_xla(x, weights, experts, gate_up, down) -> jax.Array:
+    """``moe_experts`` in XLA ops (what a program lowered for another platform runs): a ``lax.map`` over the
+    T·K (token, slot) pairs, each reading its expert's weights by a dynamic index, so its temporaries are one
+    expert's, whatever T is."""
+    t, k = experts.shape
+    e = jnp.clip(experts.astype(jnp.int32), 0, gate_up.shape[0] - 1).reshape(-1)
+
+    def one(args):
+        row, i = args
+        g, u = jnp.split(row @ gate_up[i], 2)
+        return (jax.nn.silu(g) * u) @ down[i]
+
+    y = jax.lax.map(one, (jnp.repeat(x, k, axis=0), e)).reshape(t, k, -1)
+    return jnp.einsum("tk,tkh->th", weights.astype(y.dtype), y)

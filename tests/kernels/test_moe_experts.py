@@ -15,8 +15,8 @@ from omni_jax.moe.gather import gather_moe, xla_gather_moe
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the CPU kernels are off")
 
-# H > 256 rows: the 1–2-row groups sum partial products over row splits; 2I = 520 > 512 columns: the
-# several-row groups run two column chunks, the second one narrow
+# H > 256 rows: the groups of up to 8 rows sum partial products over row splits; 2I = 520 > 512 columns: the
+# groups of more rows run two column chunks, the second one narrow
 # many_experts: 8+ experts with several rows each: every such expert is one work item over its whole matrix
 SHAPES = {"tiny": (5, 40, 12), "splits_and_chunks": (6, 300, 260), "many_experts": (12, 300, 260)}
 
@@ -42,6 +42,18 @@ def test_kernel_matches_xla_gather(shape, T, K):
     chex_scale = float(jnp.abs(ref).max())
     assert y.shape == ref.shape and y.dtype == jnp.float32
     np.testing.assert_allclose(y, ref, atol=2e-6 * chex_scale, rtol=0)
+
+
+@pytest.mark.parametrize("T,K", [(1, 4), (13, 5)])
+def test_xla_form_matches_xla_gather(T, K):
+    """``moe_experts_xla``, what a program lowered for another platform runs instead of the kernel."""
+    S, H, I = SHAPES["splits_and_chunks"]
+    x, w, e, gu, dn = operands(T + K, S, H, I, T, K)
+    y = jax.jit(kernels.moe_experts_xla)(x, w, e, gu, dn)
+    ref = jax.jit(xla_gather_moe)(x, w, e, gu, dn)
+    np.testing.assert_allclose(y, ref, atol=2e-6 * float(jnp.abs(ref).max()), rtol=0)
+    other = jax.jit(kernels.moe_experts).trace(x, w, e, gu, dn).lower(lowering_platforms=("cuda",)).as_text()
+    assert "OmniMoeExperts" not in other and "while" in other  # the lax.map form, not the kernel
 
 
 def test_zero_weight_slots_are_skipped_and_out_of_range_experts_clamped():
