@@ -49,6 +49,6 @@ def test_a_cold_call_compiles_each_program_once(tiny_ckpt):
     assert out.wav is not None
     names = {name.split("(")[-1].rstrip(")") for name in log.programs}
     assert {"thinker_prefill", "thinker_decode_step", "_assemble", "talker_prefill", "talker_frame_step",
-            "decode_window"} <= names, sorted(log.programs)
+            "decode_after"} <= names, sorted(log.programs)
     twice = {name: p.compiled for name, p in log.programs.items() if p.compiled > 1}
     assert not twice, f"compiled more than once in one call: {twice}\n{log.table()}"

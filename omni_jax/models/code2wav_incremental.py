@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from omni_jax.config import Code2WavConfig
 from omni_jax.executables import program
@@ -56,13 +57,15 @@ def history_shapes(cfg: Code2WavConfig) -> dict[str, tuple[int, int]]:
 
 
 def initial_state(cfg: Code2WavConfig, batch: int, capacity: int, dtype=jnp.float32) -> dict:
-    """The state before the first frame: empty caches for ``capacity`` frames, zero histories."""
-    kv = jnp.zeros((cfg.num_layers, batch, capacity, cfg.num_kv_heads, cfg.head_dim), dtype)
+    """The state before the first frame: empty caches for ``capacity`` frames, zero histories (host arrays:
+    building them compiles nothing)."""
+    dtype = jnp.dtype(dtype)
+    kv = np.zeros((cfg.num_layers, batch, capacity, cfg.num_kv_heads, cfg.head_dim), dtype)
     d = cfg.decoder_dim
     return dict(
         k=kv, v=kv,
-        history={name: jnp.zeros((batch, n, c), dtype) for name, (n, c) in history_shapes(cfg).items()},
-        previous={f"block{b}": jnp.zeros((batch, 1, d >> b), dtype) for b in range(len(cfg.upsample_rates))},
+        history={name: np.zeros((batch, n, c), dtype) for name, (n, c) in history_shapes(cfg).items()},
+        previous={f"block{b}": np.zeros((batch, 1, d >> b), dtype) for b in range(len(cfg.upsample_rates))},
     )
 
 
