@@ -9,12 +9,13 @@
 namespace omni {
 namespace {
 
-constexpr long kCols = 256;     // output columns per work item when a group has several rows
 constexpr long kStreamRows = 8;  // groups of at most this many rows stream W (bandwidth-bound): W's rows are split
                                  // among the threads and each piece is read row by row, contiguously
 constexpr long kRowsPerSplit = 256;  // rows of W per work item of such a group
 constexpr long kSplitCols = 8192;
-constexpr long kWholeMatrixGroups = 8;  // several-row groups from which each one is a single work item    // and columns per such item: its accumulators (8 KB a row) stay in L1
+constexpr long kWholeMatrixGroups = 8;
+constexpr long kTileSplits = 8;  // pieces of W's rows per matrix of a several-row group when the groups are few
+constexpr long kTileCols = 2048;  // and columns per such piece: its packed kDepth-row block (1 MB) stays in L2
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));  // 16 floats, unaligned loads allowed
 
@@ -111,7 +112,7 @@ int block_rows(long left) { return left >= kBlock ? kBlock : left >= 4 ? 4 : lef
 
 // Work for one thread: a group's column range [n0, n0+w) over W rows [k0, k1). split >= 0: a few-row group
 // whose W rows were cut into pieces; this item writes piece `split` of its partial sums.
-struct Item { long group; long n0, w, k0, k1; long split; };
+struct Item { long group; long n0, w, k0, k1; long split; bool tiled; };
 
 }  // namespace
 
@@ -132,27 +133,32 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
   auto in_row = [&](long i) { return in + sorted[i].second / in_div * in_stride; };
   auto out_row = [&](long i) { return out + sorted[i].second * out_stride; };
   std::vector<Item> items;
-  std::vector<long> partial_row(sorted.size(), -1);  // row of the partial sums, for the few-row groups' entries
+  std::vector<long> partial_row(sorted.size(), -1);  // row of the partial sums, for the split groups' entries
   long partial_rows = 0, splits = 0;
   // several-row groups: with enough of them to share, each is one item that streams its matrix's rows whole
-  // (the hardware prefetcher follows them); with a few, their columns are split among the threads
+  // (the hardware prefetcher follows them); with a few, each matrix's rows are split among the threads in
+  // pieces read whole row by whole row (kSplitCols columns at most), their partial sums added in order
   long several_groups = 0;
   for (const Group& gr : groups) several_groups += gr.count > kStreamRows;
-  const long cols = several_groups >= kWholeMatrixGroups ? N : kCols;
+  const bool whole_matrices = several_groups >= kWholeMatrixGroups;
+  const long tile_split = (K + kTileSplits * kDepth - 1) / (kTileSplits * kDepth) * kDepth;  // rows per piece
   for (long g = 0; g < (long)groups.size(); ++g) {
     const Group& gr = groups[g];
-    if (gr.count <= kStreamRows) {
-      long s = 0;
-      for (long k0 = 0; k0 < K; k0 += kRowsPerSplit, ++s)
-        for (long n0 = 0; n0 < N; n0 += kSplitCols)
-          items.push_back({g, n0, std::min(kSplitCols, N - n0), k0, std::min(K, k0 + kRowsPerSplit), s});
-      splits = std::max(splits, s);
-      for (long r = 0; r < gr.count; ++r) partial_row[gr.first + r] = partial_rows++;
-    } else {
-      for (long n0 = 0; n0 < N; n0 += cols) items.push_back({g, n0, std::min(cols, N - n0), 0, K, -1});
+    const bool tiled = gr.count > kStreamRows;
+    if (tiled && whole_matrices) {
+      items.push_back({g, 0, N, 0, K, -1, true});
+      continue;
     }
+    const long rows_per_split = tiled ? tile_split : kRowsPerSplit;
+    const long cols_per_item = tiled ? kTileCols : kSplitCols;
+    long s = 0;
+    for (long k0 = 0; k0 < K; k0 += rows_per_split, ++s)
+      for (long n0 = 0; n0 < N; n0 += cols_per_item)
+        items.push_back({g, n0, std::min(cols_per_item, N - n0), k0, std::min(K, k0 + rows_per_split), s, tiled});
+    splits = std::max(splits, s);
+    for (long r = 0; r < gr.count; ++r) partial_row[gr.first + r] = partial_rows++;
   }
-  // partial sums of the few-row groups: [split][partial row][N], zero where a split has no item
+  // partial sums of the split groups: [split][partial row][N], zero where a split has no item
   std::vector<float> partial((size_t)splits * partial_rows * N, 0.f);
   // several-row groups' rows, packed k-major per register-tile block of rows (xp[k*rb + j])
   std::unique_ptr<float[]> xpack(new float[sorted.size() * K]);
@@ -173,14 +179,19 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
     const Item& item = items[it];
     const Group& gr = groups[item.group];
     const float* Wx = W + gr.expert * K * N;
-    if (item.split < 0) {  // several rows: kDepth x kTile blocks of W packed once, each swept by every row block
+    // where an item's sums go: the output rows, or its split's partial sums
+    auto dest_row = [&](long r) {
+      return item.split < 0 ? out_row(r)
+                            : partial.data() + ((size_t)item.split * partial_rows + partial_row[r]) * N;
+    };
+    if (item.tiled) {  // several rows: kDepth x kTile blocks of W packed once, each swept by every row block
       // the item's full tiles, kDepth rows of W at a time: each row's columns read contiguously and packed
       // strip by strip (wpack [strip][k][kTile]), then every row block sweeps every strip
       thread_local std::vector<float> wpack;
       const long full = item.w / kTile * kTile;
       wpack.resize((size_t)kDepth * std::max(full, 1L));
-      for (long k0 = 0; full > 0 && k0 < K; k0 += kDepth) {
-        const long depth = std::min(kDepth, K - k0);
+      for (long k0 = item.k0; full > 0 && k0 < item.k1; k0 += kDepth) {
+        const long depth = std::min(kDepth, item.k1 - k0);
         const float* src = Wx + k0 * N + item.n0;
         // rows packed kStreams at a time, their columns in step: that many sequential streams from memory at once
         // (one stream at a time leaves the core waiting on each page's first lines)
@@ -196,8 +207,9 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
           for (long r = gr.first; r < gr.first + gr.count;) {
             const int rb = block_rows(gr.first + gr.count - r);
             float* os[kBlock];
-            for (int j = 0; j < rb; ++j) os[j] = out_row(r + j);
-            tile_rows(rb, xpack.get() + r * K + k0 * rb, wpack.data() + c * depth, depth, item.n0 + c, os, k0 == 0);
+            for (int j = 0; j < rb; ++j) os[j] = dest_row(r + j);
+            tile_rows(rb, xpack.get() + r * K + k0 * rb, wpack.data() + c * depth, depth, item.n0 + c, os,
+                      k0 == item.k0);
             r += rb;
           }
       }
@@ -208,10 +220,10 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
           float* acc[kBlock];
           for (int j = 0; j < rb; ++j) {
             xs[j] = in_row(r + j);
-            acc[j] = out_row(r + j) + item.n0 + full;
+            acc[j] = dest_row(r + j) + item.n0 + full;
             std::fill(acc[j], acc[j] + item.w - full, 0.f);
           }
-          accumulate_rows(rb, xs, Wx, N, 0, K, item.n0 + full, item.w - full, acc);
+          accumulate_rows(rb, xs, Wx, N, item.k0, item.k1, item.n0 + full, item.w - full, acc);
           r += rb;
         }
       }
@@ -225,7 +237,7 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
     }
     accumulate_rows((int)gr.count, xs, Wx, N, item.k0, item.k1, item.n0, item.w, acc);
   });
-  // the few-row groups' outputs: their partial sums added in split order
+  // the split groups' outputs: their partial sums added in split order
   if (splits == 0) return;
   parallel_for(pool, (long)sorted.size(), [&](long i) {
     if (partial_row[i] < 0) return;
