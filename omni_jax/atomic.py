@@ -26,6 +26,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -148,8 +149,18 @@ def atomic_directory(dest: str | Path) -> Iterator[Path]:
         raise_if_interrupted()
         os.rename(tmp, dest)  # fails (instead of merging) if dest appeared meanwhile
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
+
+
+def remove_tree(path: Path, attempts: int = 100, pause_s: float = 0.02) -> None:
+    """Remove a directory tree, again while it still exists: a writer thread of this process (an Orbax save
+    being interrupted) may add a file while the first pass runs, which leaves a non-empty directory behind."""
+    for _ in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(pause_s)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
