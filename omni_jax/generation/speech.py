@@ -170,7 +170,7 @@ def speech_compile_ahead_jobs(cfg: OmniConfig, model_params: dict, prompt, speak
     max_new_tokens=max_new_tokens)`` will run after a Thinker run on ``prompt`` (a ``PreparedPrompt``; its
     ``inputs_embeds`` may be None or a ShapeDtypeStruct): the talker prompt, the Talker's prefill and frame step,
     and Code2Wav's first window (as wide as ``min(chunk_size, max_frames)`` frames need)."""
-    from omni_jax.models.code2wav import window_width, with_layer_views
+    from omni_jax.models.code2wav import incremental_capacity, window_width, with_layer_views
     from omni_jax.models.code2wav_incremental import decode_after_jit, initial_state
 
     text = model_params["thinker"]["text"]
@@ -197,14 +197,13 @@ def speech_compile_ahead_jobs(cfg: OmniConfig, model_params: dict, prompt, speak
         return job
 
     c2w = cfg.code2wav
-    cap = left_context + chunk_size
-    width = window_width(min(chunk_size, max_frames), cap)
+    width = window_width(min(chunk_size, max_frames), left_context + chunk_size)
     window = jax.ShapeDtypeStruct((1, c2w.num_quantizers, width), np.int32)
 
     def code2wav():
         # the streamer's first piece: decoded incrementally, with the per-layer views, as the streamer runs it
         params = with_layer_views(model_params["code2wav"])
-        capacity = left_context + window_width(chunk_size, cap)
+        capacity = incremental_capacity(chunk_size, left_context)
         state = jax.eval_shape(lambda: initial_state(c2w, 1, capacity, params["code_embedding"].dtype))
         decode_after_jit.prepare(params, state, window, np.int32(0), np.int32(width), cfg=c2w, first=True)
 

@@ -219,14 +219,25 @@ def sliding_window_mask(length: int, window: int | None) -> jax.Array:
     return allowed
 
 
-def self_attention(x: jax.Array, p: dict, cos: jax.Array, sin: jax.Array, mask: jax.Array, cfg: Code2WavConfig):
-    """Multi-head self-attention without q/k norm (HF eager: scores in activation dtype, softmax in fp32)."""
+def project_qkv(x: jax.Array, p: dict, cos: jax.Array, sin: jax.Array, cfg: Code2WavConfig):
+    """q [B, T, Hq, D], k and v [B, T, Hkv, D] of a layer's normed input (RoPE on q and k, no q/k norm)."""
     b, t, _ = x.shape
     hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q = apply_rope(linear(x, p["q"]).reshape(b, t, hq, d), cos, sin)
     k = apply_rope(linear(x, p["k"]).reshape(b, t, hkv, d), cos, sin)
-    v = linear(x, p["v"]).reshape(b, t, hkv, d)
-    return linear(attention(q, k, v, mask[None]).reshape(b, t, hq * d), p["o"])
+    return q, k, linear(x, p["v"]).reshape(b, t, hkv, d)
+
+
+def self_attention(x: jax.Array, p: dict, cos: jax.Array, sin: jax.Array, mask: jax.Array, cfg: Code2WavConfig):
+    """Multi-head self-attention without q/k norm (HF eager: scores in activation dtype, softmax in fp32)."""
+    b, t, _ = x.shape
+    q, k, v = project_qkv(x, p, cos, sin, cfg)
+    return linear(attention(q, k, v, mask[None]).reshape(b, t, -1), p["o"])
+
+
+def layer_mlp(p: dict, h: jax.Array, eps: float) -> jax.Array:
+    """A transformer layer's second half: h + LayerScale(SwiGLU(RMSNorm(h)))."""
+    return h + p["mlp_scale"] * swiglu_mlp(rms_norm(h, p["mlp_norm"], eps), p["gate_up"], p["down"])
 
 
 def pre_transformer(params: dict, x: jax.Array, cfg: Code2WavConfig) -> jax.Array:
@@ -238,9 +249,7 @@ def pre_transformer(params: dict, x: jax.Array, cfg: Code2WavConfig) -> jax.Arra
 
     def layer(h, p):
         a = self_attention(rms_norm(h, p["attn_norm"], eps), p, cos, sin, mask, cfg)
-        h = h + p["attn_scale"] * a
-        m = swiglu_mlp(rms_norm(h, p["mlp_norm"], eps), p["gate_up"], p["down"])
-        return h + p["mlp_scale"] * m, None
+        return layer_mlp(p, h + p["attn_scale"] * a, eps), None
 
     if PER_LAYER in params:  # per-layer weights read in place (``with_layer_views``), the 8 layers unrolled
         for p in params[PER_LAYER]:
@@ -265,24 +274,33 @@ def with_layer_views(params: dict) -> dict:
 
 
 def convnext(p: dict, x: jax.Array) -> jax.Array:
-    y = depthwise_causal_conv1d(x, p["dwconv"]["w"], p["dwconv"]["b"])
+    return convnext_after_dwconv(p, x, depthwise_causal_conv1d(x, p["dwconv"]["w"], p["dwconv"]["b"]))
+
+
+def convnext_after_dwconv(p: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    """The ConvNeXt block given its depthwise conv's output ``y``: x + gamma * MLP(LayerNorm(y))."""
     y = layer_norm(y, p["norm_w"], p["norm_b"], CONVNEXT_LN_EPS)
     y = linear(gelu(linear(y, p["fc1_w"], p["fc1_b"])), p["fc2_w"], p["fc2_b"])
     return x + p["gamma"] * y
 
 
-def _snake(p: dict, x: jax.Array) -> jax.Array:
+def snake(p: dict, x: jax.Array) -> jax.Array:
+    """SnakeBeta with one ``Snake`` module's parameters."""
     return snake_beta(x, p["log_alpha"], p["log_beta"])
 
 
 def residual_unit(p: dict, x: jax.Array, dilation: int) -> jax.Array:
-    y = causal_conv1d(_snake(p["snake1"], x), p["conv1"]["w"], p["conv1"]["b"], dilation=dilation)
-    y = causal_conv1d(_snake(p["snake2"], y), p["conv2"]["w"], p["conv2"]["b"])
-    return x + y
+    y = causal_conv1d(snake(p["snake1"], x), p["conv1"]["w"], p["conv1"]["b"], dilation=dilation)
+    return residual_unit_after_conv1(p, x, y)
+
+
+def residual_unit_after_conv1(p: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    """The residual unit given its dilated conv's output ``y``: x + conv2(SnakeBeta(y)) (conv2 has k = 1)."""
+    return x + causal_conv1d(snake(p["snake2"], y), p["conv2"]["w"], p["conv2"]["b"])
 
 
 def decoder_block(p: dict, x: jax.Array, rate: int) -> jax.Array:
-    x = causal_trans_conv1d(_snake(p["snake"], x), p["trans_conv"]["w"], p["trans_conv"]["b"], rate)
+    x = causal_trans_conv1d(snake(p["snake"], x), p["trans_conv"]["w"], p["trans_conv"]["b"], rate)
     for r, dilation in enumerate(RESIDUAL_DILATIONS):
         x = residual_unit(p[f"res{r}"], x, dilation)
     return x
@@ -303,7 +321,7 @@ def decode(params: dict, codes: jax.Array, cfg: Code2WavConfig) -> jax.Array:
     x = causal_conv1d(x, params["conv_in"]["w"], params["conv_in"]["b"])
     for b, rate in enumerate(cfg.upsample_rates):
         x = decoder_block(params[f"block{b}"], x, rate)
-    x = causal_conv1d(_snake(params["snake_out"], x), params["conv_out"]["w"], params["conv_out"]["b"])
+    x = causal_conv1d(snake(params["snake_out"], x), params["conv_out"]["w"], params["conv_out"]["b"])
     return jnp.clip(x[..., 0], -1.0, 1.0)
 
 
@@ -334,6 +352,12 @@ def window_width(frames: int, cap: int) -> int:
     small = [w for w in SMALL_WINDOWS if w >= frames]
     width = small[0] if small else -(-frames // WINDOW_BUCKET) * WINDOW_BUCKET
     return min(cap, width)
+
+
+def incremental_capacity(chunk_size: int, left_context: int) -> int:
+    """Frames the incremental decoder's caches hold for a streamer: it runs while start <= left_context, on
+    pieces padded to at most window_width(chunk_size)."""
+    return left_context + window_width(chunk_size, left_context + chunk_size)
 
 
 class Code2WavStreamer:
@@ -375,10 +399,7 @@ class Code2WavStreamer:
         pad = size - window.shape[-1]
         window = np.pad(window, ((0, 0), (0, 0), (0, pad)))
         wav = to_host(decode_window_jit(self.params, jnp.asarray(window, jnp.int32), cfg=self.cfg))
-        self._start = end
-        keep_from = max(end - self.left_context, 0)
-        self._frames = self._frames[..., keep_from - self._offset:]
-        self._offset = keep_from
+        self._advance(end)
         first = context * total_upsample(self.cfg)  # HF drops the context frames' samples
         return wav[:, first: first + wav_length(end - start, self.cfg)]
 
@@ -387,27 +408,31 @@ class Code2WavStreamer:
         (``code2wav_incremental``): same samples, without decoding the context again."""
         from omni_jax.models.code2wav_incremental import decode_after_jit, initial_state
 
-        start, cap = self._start, self.left_context + self.chunk_size
+        start = self._start
         frames = self._frames[..., start - self._offset: end - self._offset]
         n = frames.shape[-1]
-        width = window_width(n, cap)
+        width = window_width(n, self.left_context + self.chunk_size)
         if start == 0:
-            capacity = self.left_context + window_width(self.chunk_size, cap)
+            capacity = incremental_capacity(self.chunk_size, self.left_context)
             self._state = initial_state(self.cfg, frames.shape[0], capacity, self.params["code_embedding"].dtype)
         frames = np.pad(frames, ((0, 0), (0, 0), (0, width - n)))
         wav, self._state = decode_after_jit(self.params, self._state, jnp.asarray(frames, jnp.int32),
                                             np.int32(start), np.int32(n), cfg=self.cfg, first=start == 0)
         wav = to_host(wav)
-        self._start = end
-        keep_from = max(end - self.left_context, 0)
-        self._frames = self._frames[..., keep_from - self._offset:]
-        self._offset = keep_from
+        self._advance(end)
         if start == 0:
             return wav[:, :wav_length(n, self.cfg)]
         # samples wav_length(start) .. of the whole sequence; HF's chunks drop the first
         # total_upsample - wav_length(1) of them (a window's last frame's samples wait for the next frame)
         lost = total_upsample(self.cfg) - wav_length(1, self.cfg)
         return wav[:, lost: total_upsample(self.cfg) * n]
+
+    def _advance(self, end: int) -> None:
+        """Frames before ``end`` are decoded; keep only those that may still serve as context."""
+        self._start = end
+        keep_from = max(end - self.left_context, 0)
+        self._frames = self._frames[..., keep_from - self._offset:]
+        self._offset = keep_from
 
     def push(self, frames) -> list[np.ndarray]:
         """frames [B, Q, n] (or [B, Q] for one frame); returns the audio pieces completed by them."""

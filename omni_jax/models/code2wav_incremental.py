@@ -30,18 +30,21 @@ from omni_jax.config import Code2WavConfig
 from omni_jax.executables import program
 from omni_jax.models.code2wav import (
     CONVNEXT_KERNEL,
-    CONVNEXT_LN_EPS,
     DECODER_KERNEL,
     PER_LAYER,
     RESIDUAL_DILATIONS,
+    convnext_after_dwconv,
     embed_codes,
+    layer_mlp,
+    project_qkv,
+    residual_unit_after_conv1,
+    snake,
 )
-from omni_jax.ops.activations import gelu, snake_beta
 from omni_jax.ops.attention import attention
-from omni_jax.ops.conv import causal_conv1d, causal_trans_conv1d, conv1d_after
-from omni_jax.ops.linear import linear, swiglu_mlp
-from omni_jax.ops.norms import layer_norm, rms_norm
-from omni_jax.ops.rope import apply_rope, rope_cos_sin
+from omni_jax.ops.conv import causal_trans_conv1d, conv1d_valid
+from omni_jax.ops.linear import linear
+from omni_jax.ops.norms import rms_norm
+from omni_jax.ops.rope import rope_cos_sin
 
 
 def history_shapes(cfg: Code2WavConfig) -> dict[str, tuple[int, int]]:
@@ -69,10 +72,6 @@ def initial_state(cfg: Code2WavConfig, batch: int, capacity: int, dtype=jnp.floa
     )
 
 
-def _snake(p: dict, x: jax.Array) -> jax.Array:
-    return snake_beta(x, p["log_alpha"], p["log_beta"])
-
-
 def _last(x: jax.Array, end, n: int) -> jax.Array:
     """x[:, end - n: end] for a traced ``end``."""
     return jax.lax.dynamic_slice_in_dim(x, end - n, n, axis=1)
@@ -81,8 +80,8 @@ def _last(x: jax.Array, end, n: int) -> jax.Array:
 def _conv(history: jax.Array, x: jax.Array, w, b, valid, dilation: int = 1, groups: int = 1):
     """A causal conv continuing its history; returns (output, the history after the ``valid`` new inputs)."""
     n = history.shape[1]
-    y = conv1d_after(history, x, w, b, dilation, groups)
-    return y, _last(jnp.concatenate([history, x], axis=1), n + valid, n)
+    x = jnp.concatenate([history.astype(x.dtype), x], axis=1)
+    return conv1d_valid(x, w, b, dilation, groups), _last(x, n + valid, n)
 
 
 def _trans_conv(previous: jax.Array, x: jax.Array, w, b, rate: int, valid, first: bool):
@@ -95,17 +94,11 @@ def _trans_conv(previous: jax.Array, x: jax.Array, w, b, rate: int, valid, first
 
 def _attention_layer(p: dict, h: jax.Array, k_cache, v_cache, start, cos, sin, mask, cfg: Code2WavConfig):
     b, t, _ = h.shape
-    eps = cfg.rms_norm_eps
-    x = rms_norm(h, p["attn_norm"], eps)
-    q = apply_rope(linear(x, p["q"]).reshape(b, t, cfg.num_heads, cfg.head_dim), cos, sin)
-    k = apply_rope(linear(x, p["k"]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim), cos, sin)
-    v = linear(x, p["v"]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    q, k, v = project_qkv(rms_norm(h, p["attn_norm"], cfg.rms_norm_eps), p, cos, sin, cfg)
     k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=1)
     v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=1)
     a = linear(attention(q, k_cache, v_cache, mask[None]).reshape(b, t, -1), p["o"])
-    h = h + p["attn_scale"] * a
-    m = swiglu_mlp(rms_norm(h, p["mlp_norm"], eps), p["gate_up"], p["down"])
-    return h + p["mlp_scale"] * m, k_cache, v_cache
+    return layer_mlp(p, h + p["attn_scale"] * a, cfg.rms_norm_eps), k_cache, v_cache
 
 
 def pre_transformer_after(params: dict, x: jax.Array, k, v, start, cfg: Code2WavConfig):
@@ -149,19 +142,18 @@ def decode_after(params: dict, state: dict, codes: jax.Array, start, valid, cfg:
         c = p["convnext"]
         y, history[f"upsample{u}"] = _conv(history[f"upsample{u}"], x, c["dwconv"]["w"], c["dwconv"]["b"], valid,
                                            groups=x.shape[-1])
-        y = layer_norm(y, c["norm_w"], c["norm_b"], CONVNEXT_LN_EPS)
-        x = x + c["gamma"] * linear(gelu(linear(y, c["fc1_w"], c["fc1_b"])), c["fc2_w"], c["fc2_b"])
+        x = convnext_after_dwconv(c, x, y)
     x, history["conv_in"] = _conv(history["conv_in"], x, params["conv_in"]["w"], params["conv_in"]["b"], valid)
     for b, rate in enumerate(cfg.upsample_rates):
         p = params[f"block{b}"]
-        x, valid, previous[f"block{b}"] = _trans_conv(previous[f"block{b}"], _snake(p["snake"], x),
+        x, valid, previous[f"block{b}"] = _trans_conv(previous[f"block{b}"], snake(p["snake"], x),
                                                       p["trans_conv"]["w"], p["trans_conv"]["b"], rate, valid, first)
         for r, dilation in enumerate(RESIDUAL_DILATIONS):
             pr, name = p[f"res{r}"], f"block{b}.res{r}"
-            y, history[name] = _conv(history[name], _snake(pr["snake1"], x), pr["conv1"]["w"],
+            y, history[name] = _conv(history[name], snake(pr["snake1"], x), pr["conv1"]["w"],
                                      pr["conv1"]["b"], valid, dilation)
-            x = x + causal_conv1d(_snake(pr["snake2"], y), pr["conv2"]["w"], pr["conv2"]["b"])  # k = 1
-    y, history["conv_out"] = _conv(history["conv_out"], _snake(params["snake_out"], x),
+            x = residual_unit_after_conv1(pr, x, y)
+    y, history["conv_out"] = _conv(history["conv_out"], snake(params["snake_out"], x),
                                    params["conv_out"]["w"], params["conv_out"]["b"], valid)
     return jnp.clip(y[..., 0], -1.0, 1.0), dict(k=k, v=v, history=history, previous=previous)
 

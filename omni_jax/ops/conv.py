@@ -5,7 +5,7 @@ the convs without a transpose and the pointwise parts are plain ``linear`` calls
 ``[k, C_in / groups, C_out]`` ("WIO"); the HF weight converters at the bottom turn PyTorch layouts into it.
 
 - ``causal_conv1d``: HF ``CausalConvNet`` with stride 1: left-pad ``(k-1)*dilation`` zeros, no right pad.
-- ``conv1d_after``: the same conv continuing a sequence, its history given instead of the zero padding.
+- ``conv1d_valid``: the same conv without padding (a sequence continued after its last inputs).
 - ``depthwise_causal_conv1d``: the same with ``groups = C`` (ConvNeXt's ``dwconv``).
 - ``causal_trans_conv1d``: HF ``CausalTransConvNet``: a full ``ConvTranspose1d`` then trim ``k - s`` samples
   from **both** ends (so for ``k = 2s`` each output sample looks one input frame ahead). Output length
@@ -15,7 +15,6 @@ the convs without a transpose and the pointwise parts are plain ``linear`` calls
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 _DIMS = ("NWC", "WIO", "NWC")
@@ -24,21 +23,20 @@ _DIMS = ("NWC", "WIO", "NWC")
 def causal_conv1d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, dilation: int = 1,
                   groups: int = 1) -> jax.Array:
     """x [B, T, C_in], w [k, C_in/groups, C_out] -> [B, T, C_out]; output t sees inputs t-(k-1)d .. t."""
-    k = w.shape[0]
-    y = jax.lax.conv_general_dilated(
-        x, w.astype(x.dtype), window_strides=(1,), padding=[((k - 1) * dilation, 0)],
-        rhs_dilation=(dilation,), dimension_numbers=_DIMS, feature_group_count=groups,
-    )
-    return y if b is None else y + b.astype(y.dtype)
+    return _conv1d(x, w, b, (w.shape[0] - 1) * dilation, dilation, groups)
 
 
-def conv1d_after(history: jax.Array, x: jax.Array, w: jax.Array, b: jax.Array | None = None, dilation: int = 1,
+def conv1d_valid(x: jax.Array, w: jax.Array, b: jax.Array | None = None, dilation: int = 1,
                  groups: int = 1) -> jax.Array:
-    """``causal_conv1d`` of ``x`` continuing a sequence whose last ``(k-1)*dilation`` inputs were ``history``
-    [B, (k-1)*dilation, C_in] (zeros at the sequence start, which is the causal padding): [B, T, C_out]."""
+    """The same conv without padding: [B, T - (k-1)*dilation, C_out]. ``causal_conv1d`` of a sequence's next
+    inputs is this conv of them after its last ``(k-1)*dilation`` inputs (zeros at the start: the padding)."""
+    return _conv1d(x, w, b, 0, dilation, groups)
+
+
+def _conv1d(x, w, b, left_pad: int, dilation: int, groups: int) -> jax.Array:
     y = jax.lax.conv_general_dilated(
-        jnp.concatenate([history.astype(x.dtype), x], axis=1), w.astype(x.dtype), window_strides=(1,),
-        padding=[(0, 0)], rhs_dilation=(dilation,), dimension_numbers=_DIMS, feature_group_count=groups,
+        x, w.astype(x.dtype), window_strides=(1,), padding=[(left_pad, 0)],
+        rhs_dilation=(dilation,), dimension_numbers=_DIMS, feature_group_count=groups,
     )
     return y if b is None else y + b.astype(y.dtype)
 
