@@ -17,8 +17,8 @@ callers keep their pure-XLA path: the kernels change speed, never results beyond
 """
 
 from omni_jax.kernels.build import available, fingerprint, kernels_enabled, usable_here
-from omni_jax.kernels.matmul import matmul, matmul_usable
+from omni_jax.kernels.matmul import matmul, matmul_shared, matmul_usable
 from omni_jax.kernels.moe import moe_experts, moe_experts_usable, moe_experts_xla
 
-__all__ = ["available", "fingerprint", "kernels_enabled", "matmul", "matmul_usable", "moe_experts",
+__all__ = ["available", "fingerprint", "kernels_enabled", "matmul", "matmul_shared", "matmul_usable", "moe_experts",
            "moe_experts_usable", "moe_experts_xla", "usable_here"]

@@ -38,6 +38,17 @@ def matmul(x, w) -> jax.Array:
     return _matmul(x, w)
 
 
+def matmul_shared(x, ws) -> tuple:
+    """``tuple(x @ w for w in ws)`` in one kernel call (the weights share K): with up to 8 rows every weight's
+    pieces are the work items of one parallel loop, so the cores stream the weights back to back (a layer's
+    q/k/v projections: one call instead of three that XLA would run side by side, each on one core). Each
+    output equals ``matmul(x, w)``. Differentiable like ``matmul``."""
+    if not available():
+        raise RuntimeError("omni_jax.kernels: the CPU kernels are unavailable (no C++ compiler, a failed build, "
+                           "or OMNI_JAX_CPU_KERNELS=0); use x @ w for each w")
+    return _matmul_shared(x, tuple(ws))
+
+
 def _xla(x, w):
     return jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32)
 
@@ -65,3 +76,32 @@ def _matmul_bwd(res, g):
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _xla_shared(x, ws):
+    return tuple(_xla(x, w) for w in ws)
+
+
+def _kernel_shared(x, ws):
+    flat = x.reshape(-1, x.shape[-1])
+    shapes = tuple(jax.ShapeDtypeStruct((flat.shape[0], w.shape[1]), jnp.float32) for w in ws)
+    outs = jax.ffi.ffi_call("OmniMatmulShared", shapes, vmap_method="sequential")(flat, *ws)
+    return tuple(y.reshape(*x.shape[:-1], w.shape[1]) for y, w in zip(outs, ws))
+
+
+@jax.custom_vjp
+def _matmul_shared(x, ws):
+    return jax.lax.platform_dependent(x, ws, cpu=_kernel_shared, default=_xla_shared)
+
+
+def _matmul_shared_fwd(x, ws):
+    return _matmul_shared(x, ws), (x, ws)
+
+
+def _matmul_shared_bwd(res, g):
+    x, ws = res
+    _, vjp = jax.vjp(_xla_shared, x, ws)
+    return vjp(g)
+
+
+_matmul_shared.defvjp(_matmul_shared_fwd, _matmul_shared_bwd)

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from omni_jax.kernels.matmul import MIN_ROWS, matmul, matmul_usable
+from omni_jax.kernels.matmul import MIN_ROWS, matmul, matmul_shared, matmul_usable
 from omni_jax.ops.activations import ACTIVATIONS
 
 
@@ -19,6 +19,14 @@ def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, kernel_min
     if b is not None:
         y = y + b.astype(jnp.float32)
     return y.astype(x.dtype)
+
+
+def linears(x: jax.Array, ws, *, kernel_min_rows: int = MIN_ROWS) -> tuple:
+    """``linear(x, w)`` for each weight of ``ws`` (no biases; the weights share their input width). Where the
+    kernel applies to every weight they are read in one ``kernels.matmul_shared`` call."""
+    if all(matmul_usable(x, w, kernel_min_rows) for w in ws):
+        return tuple(y.astype(x.dtype) for y in matmul_shared(x, ws))
+    return tuple(linear(x, w, kernel_min_rows=kernel_min_rows) for w in ws)
 
 
 def swiglu_mlp(x: jax.Array, gate_up: jax.Array, down: jax.Array, *, kernel_min_rows: int = MIN_ROWS) -> jax.Array:

@@ -11,7 +11,7 @@ import pytest
 
 from omni_jax import kernels
 from omni_jax.kernels.matmul import MAX_COLUMNS, MAX_ROWS
-from omni_jax.ops.linear import linear
+from omni_jax.ops.linear import linear, linears
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the CPU kernels are off")
 
@@ -63,4 +63,53 @@ def test_gradients_are_xla_dots(monkeypatch):
     assert not kernels.matmul_usable(x, w)
     ref = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
     for g, r in zip(grads, ref):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+
+
+# 1 and 8 rows: one parallel loop over every weight's pieces; 9 rows: the weights one at a time (register tiles).
+# The widths differ per weight (a layer's q, k and v); 9000 columns > the 8192-column piece of the streaming path.
+@pytest.mark.parametrize("rows", [1, 8, 9])
+def test_matmul_shared_equals_one_matmul_per_weight(rows):
+    rng = np.random.default_rng(rows)
+    x = jnp.asarray(rng.standard_normal((rows, 700)), jnp.float32)
+    ws = [jnp.asarray(rng.standard_normal((700, n)) / np.sqrt(700), jnp.float32) for n in (2100, 64, 9000, 3)]
+    ys = jax.jit(kernels.matmul_shared)(x, ws)
+    assert len(ys) == len(ws)
+    for y, w in zip(ys, ws):
+        ref = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+        assert y.shape == (rows, w.shape[1]) and y.dtype == jnp.float32
+        np.testing.assert_allclose(y, ref, atol=1e-5 * float(np.abs(ref).max()), rtol=0)
+        np.testing.assert_array_equal(y, jax.jit(kernels.matmul)(x, w))  # the same sums in the same order
+
+
+def test_linears_read_the_weights_in_one_call_where_the_kernel_applies():
+    x, w = operands(2, (1, 1), 64, 32)
+    ws = (w, w[:, :8], w[:, 8:])
+
+    def hlo(x, ws, **kw):
+        return jax.jit(lambda x, ws: linears(x, ws, **kw)).lower(x, ws).as_text()
+
+    assert hlo(x, ws, kernel_min_rows=1).count("OmniMatmulShared") == 1
+    assert "OmniMatmul" not in hlo(x, ws)  # one row: XLA's dots unless the caller asks
+    ys = jax.jit(lambda x, ws: linears(x, ws, kernel_min_rows=1))(x, ws)
+    for y, wi in zip(ys, ws):
+        np.testing.assert_allclose(y, np.asarray(x, np.float64) @ np.asarray(wi, np.float64), atol=1e-5, rtol=0)
+    other = jax.jit(lambda x, ws: linears(x, ws, kernel_min_rows=1)).trace(x, ws).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert "OmniMatmul" not in other and "dot_general" in other
+
+
+def test_matmul_shared_gradients_are_xla_dots():
+    x, w = operands(3, (2,), 40, 12)
+    ws = (w, w[:, :5] * 2)
+
+    def loss(x, ws):
+        return sum(jnp.sum(jnp.sin(y)) for y in kernels.matmul_shared(x, ws))
+
+    def ref_loss(x, ws):
+        return sum(jnp.sum(jnp.sin(x @ wi)) for wi in ws)
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, ws)
+    ref = jax.jit(jax.grad(ref_loss, argnums=(0, 1)))(x, ws)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)

@@ -250,4 +250,43 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
   });
 }
 
+long stream_rows() { return kStreamRows; }
+
+void stream_matmuls(xla::ffi::ThreadPool& pool, const float* in, long M, long K, const std::vector<Matrix>& mats) {
+  // pieces as in grouped_matmul's streaming path: kRowsPerSplit rows of W by at most kSplitCols columns, the
+  // partial sums of piece `split` in their own buffer, added in split order at the end
+  struct Piece { long mat, k0, k1, n0, w, split; };
+  const long splits = (K + kRowsPerSplit - 1) / kRowsPerSplit;
+  std::vector<Piece> pieces;
+  std::vector<size_t> offset(mats.size() + 1, 0);  // each matrix's partial sums: [split][M][n]
+  for (long i = 0; i < (long)mats.size(); ++i) {
+    for (long s = 0; s < splits; ++s)
+      for (long n0 = 0; n0 < mats[i].n; n0 += kSplitCols)
+        pieces.push_back({i, s * kRowsPerSplit, std::min(K, (s + 1) * kRowsPerSplit), n0,
+                          std::min(kSplitCols, mats[i].n - n0), s});
+    offset[i + 1] = offset[i] + (size_t)splits * M * mats[i].n;
+  }
+  std::vector<float> partial(offset.back(), 0.f);
+  const float* xs[kStreamRows];
+  for (long j = 0; j < M; ++j) xs[j] = in + j * K;
+  parallel_for(pool, (long)pieces.size(), [&](long p) {
+    const Piece& pc = pieces[p];
+    const Matrix& m = mats[pc.mat];
+    float* acc[kStreamRows];
+    for (long j = 0; j < M; ++j) acc[j] = partial.data() + offset[pc.mat] + ((size_t)pc.split * M + j) * m.n + pc.n0;
+    accumulate_rows((int)M, xs, m.w, m.n, pc.k0, pc.k1, pc.n0, pc.w, acc);
+  });
+  const long outputs = (long)mats.size() * M;  // one (matrix, row) per item
+  parallel_for(pool, outputs, [&](long r) {
+    const long i = r / M, j = r % M;
+    const long n = mats[i].n;
+    float* o = mats[i].out + j * n;
+    std::fill(o, o + n, 0.f);
+    for (long q = 0; q < splits; ++q) {
+      const float* pr = partial.data() + offset[i] + ((size_t)q * M + j) * n;
+      for (long c = 0; c < n; ++c) o[c] += pr[c];
+    }
+  });
+}
+
 }  // namespace omni

@@ -51,4 +51,15 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
                     const float* in, long in_div, long in_stride, const float* W, long K, long N, float* out,
                     long out_stride);
 
+// One weight of a `stream_matmuls` call: out [M, n] = in [M, K] @ w [K, n], both row-major.
+struct Matrix { const float* w; long n; float* out; };
+
+// out = in @ w for every matrix of `mats` (they share K and the M <= 8 input rows): the row pieces of all the
+// matrices are the work items of one parallel loop, so both cores stream them back to back with no barrier in
+// between. Each output equals what `grouped_matmul` gives for that matrix alone (the same sums in the same order).
+void stream_matmuls(xla::ffi::ThreadPool& pool, const float* in, long M, long K, const std::vector<Matrix>& mats);
+
+// the most input rows `stream_matmuls` takes
+long stream_rows();
+
 }  // namespace omni
