@@ -36,7 +36,7 @@ from omni_jax.ops.activations import ACTIVATIONS, gelu
 from omni_jax.ops.attention import attention
 from omni_jax.ops.linear import linear
 from omni_jax.ops.norms import layer_norm
-from omni_jax.ops.rope import rotate_half
+from omni_jax.ops.rope import rotate
 from omni_jax.weights.rules import Rule, copy_rule, linear_rule
 
 LN_EPS = 1e-6
@@ -188,8 +188,8 @@ def _attention(x, p, cos, sin, groups: list[np.ndarray], num_heads: int):
     q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
     c, s = cos[:, None, :], sin[:, None, :]
     qf, kf = q.astype(jnp.float32), k.astype(jnp.float32)
-    q = (qf * c + rotate_half(qf) * s).astype(x.dtype)
-    k = (kf * c + rotate_half(kf) * s).astype(x.dtype)
+    q = rotate(qf, c, s).astype(x.dtype)
+    k = rotate(kf, c, s).astype(x.dtype)
     out = jnp.zeros((N, num_heads, hd), x.dtype)
     for idx in groups:  # static: one batched attention per distinct frame length
         o = attention(q[idx], k[idx], v[idx])  # [frames, S, H, hd]

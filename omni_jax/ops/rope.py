@@ -59,13 +59,16 @@ def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float, dtype) -> tu
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
 
-def rotate_half(x: jax.Array) -> jax.Array:
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    return jnp.concatenate([-x2, x1], axis=-1)
+def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """HF's ``x * cos + rotate_half(x) * sin`` (cos/sin broadcast against x), the same products and sums written
+    on the two halves of the last axis and stacked back. XLA:CPU fuses this into one loop; ``rotate_half``'s
+    concatenate ran as copies of its own (512 tokens x 32 heads x 128: 8.7 -> 0.8 ms)."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    out = jnp.stack([x1 * cos[..., :d] - x2 * sin[..., :d], x2 * cos[..., d:] + x1 * sin[..., d:]], axis=-2)
+    return out.reshape(*out.shape[:-2], 2 * d)
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """x [B, L, H, D]; cos/sin [B, L, D] broadcast over heads."""
-    cos = cos[..., None, :]
-    sin = sin[..., None, :]
-    return x * cos + rotate_half(x) * sin
+    return rotate(x, cos[..., None, :], sin[..., None, :])
