@@ -11,10 +11,12 @@ from omni_jax.kernels.build import available, usable_here
 # from cache = one weight, which this CPU's 480 MB L3 keeps): 2 rows of [1024, 3072]: 0.84 -> 0.66 ms from memory
 # (0.52 -> 0.39 from cache); 25 rows 2.58 -> 1.39 (1.29 -> 1.00); 64 rows 2.27 -> 1.70 from cache; from ~100 rows
 # XLA's GEMM runs at 270+ GF/s. One row: alone the kernel wins too ([2048, 4096]: 1.51 -> 1.27 ms from memory,
-# 0.79 -> 0.64 from cache), and it makes a code-predictor frame (5 layers x 15 steps of 1 row) 209.5 -> 176.8 ms,
-# but inside a Thinker decode step, where XLA runs the q/k/v dots and the MoE concurrently, the step went
-# 8.9-9.2 -> 11.1-11.3 ms. So 1-2 rows use it only where a caller asks (``min_rows=1``: the code predictor).
-# Very wide weights keep XLA's dot: the Thinker's lm_head [2048, 151936] is 37.8 ms with XLA, 44.0 here.
+# 0.79 -> 0.64 from cache), and it makes a code-predictor frame (5 layers x 15 steps of 1 row) 209.5 -> 176.8 ms.
+# A layer's q/k/v through ``matmul_shared`` (one call) from memory, 1 / 4 / 8 rows: 1.04 / 1.45 / 2.44 ms against
+# 1.34 / 2.32 / 3.04 ms for three ``matmul`` calls and 3.05 / 3.97 / 5.28 ms for XLA's dots. The decoder stack
+# asks for 1 row (``models.decoder.PROJECTION_KERNEL_MIN_ROWS``); elsewhere 1-2 rows keep XLA's dot unless the
+# caller asks (``min_rows=1``: the code predictor). Very wide weights keep XLA's dot: the Thinker's lm_head
+# [2048, 151936] is 37.8 ms with XLA, 44.0 here.
 MIN_ROWS, MAX_ROWS = 3, 64
 MAX_COLUMNS = 65536
 

@@ -190,10 +190,11 @@ def with_layer_views(layers: dict) -> dict:
     return layers if views is None else dict(layers, **{PER_LAYER: views})
 
 
-# A decode step's single rows go through the CPU matmul kernel too: q/k/v in one call (``linears``) and o. In a
-# stack of 2-8 real-width layers that is 1.06-1.13x per decode step against XLA's dots (paired runs in one
-# process); q/k/v as three XLA dots run side by side, each on one core, and the kernel streams all three
-# weights over both cores back to back.
+# A decode step's single rows go through the CPU matmul kernel too: q/k/v in one call (``linears``) and o. Per
+# layer of a stack of 2-8 real-width layers that is 1.05-1.11x per decode step against XLA's dots (back-to-back
+# runs of each, one process): XLA's one-row dot streams a weight from memory at ~14-20 GB/s, the kernel at 24-26.
+# A lone layer repeated with the same token (the benchmark's 1-layer rows, its weights left warm in the L3) was
+# 5-25 % slower this way; XLA's dot gains more from the warm cache there.
 PROJECTION_KERNEL_MIN_ROWS = 1
 
 
