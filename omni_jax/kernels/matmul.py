@@ -62,24 +62,6 @@ def _kernel(x, w):
     return call(flat, w).reshape(*x.shape[:-1], w.shape[1])
 
 
-@jax.custom_vjp
-def _matmul(x, w):
-    return jax.lax.platform_dependent(x, w, cpu=_kernel, default=_xla)
-
-
-def _matmul_fwd(x, w):
-    return _matmul(x, w), (x, w)
-
-
-def _matmul_bwd(res, g):
-    x, w = res
-    _, vjp = jax.vjp(_xla, x, w)
-    return vjp(g)
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
 def _xla_shared(x, ws):
     return tuple(_xla(x, w) for w in ws)
 
@@ -91,19 +73,24 @@ def _kernel_shared(x, ws):
     return tuple(y.reshape(*x.shape[:-1], w.shape[1]) for y, w in zip(outs, ws))
 
 
-@jax.custom_vjp
-def _matmul_shared(x, ws):
-    return jax.lax.platform_dependent(x, ws, cpu=_kernel_shared, default=_xla_shared)
+def _kernel_with_xla_gradient(kernel, xla):
+    """``f(x, w)``: ``kernel`` in programs for CPU, ``xla`` in programs for other platforms; its gradient is
+    always ``xla``'s."""
+
+    @jax.custom_vjp
+    def f(x, w):
+        return jax.lax.platform_dependent(x, w, cpu=kernel, default=xla)
+
+    def fwd(x, w):
+        return f(x, w), (x, w)
+
+    def bwd(res, g):
+        _, vjp = jax.vjp(xla, *res)
+        return vjp(g)
+
+    f.defvjp(fwd, bwd)
+    return f
 
 
-def _matmul_shared_fwd(x, ws):
-    return _matmul_shared(x, ws), (x, ws)
-
-
-def _matmul_shared_bwd(res, g):
-    x, ws = res
-    _, vjp = jax.vjp(_xla_shared, x, ws)
-    return vjp(g)
-
-
-_matmul_shared.defvjp(_matmul_shared_fwd, _matmul_shared_bwd)
+_matmul = _kernel_with_xla_gradient(_kernel, _xla)
+_matmul_shared = _kernel_with_xla_gradient(_kernel_shared, _xla_shared)
