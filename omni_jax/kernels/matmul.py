@@ -14,7 +14,7 @@ from omni_jax.kernels.build import available, usable_here
 # 0.79 -> 0.64 from cache), and it makes a code-predictor frame (5 layers x 15 steps of 1 row) 209.5 -> 176.8 ms.
 # A layer's q/k/v through ``matmul_shared`` (one call) from memory, 1 / 4 / 8 rows: 1.04 / 1.45 / 2.44 ms against
 # 1.34 / 2.32 / 3.04 ms for three ``matmul`` calls and 3.05 / 3.97 / 5.28 ms for XLA's dots. The decoder stack
-# asks for 1 row (``models.decoder.PROJECTION_KERNEL_MIN_ROWS``); elsewhere 1-2 rows keep XLA's dot unless the
+# asks for 1 row (``models.decoder``: o, and q/k/v up to 16 MB of weights); elsewhere 1-2 rows keep XLA's dot unless the
 # caller asks (``min_rows=1``: the code predictor). Very wide weights keep XLA's dot: the Thinker's lm_head
 # [2048, 151936] is 37.8 ms with XLA, 44.0 here.
 MIN_ROWS, MAX_ROWS = 3, 64

@@ -190,16 +190,20 @@ def with_layer_views(layers: dict) -> dict:
     return layers if views is None else dict(layers, **{PER_LAYER: views})
 
 
-# A decode step's single rows go through the CPU matmul kernel too: q/k/v in one call (``linears``) and o. Per
-# layer of a stack of 2-8 real-width layers that is 1.05-1.11x per decode step against XLA's dots (back-to-back
-# runs of each, one process): XLA's one-row dot streams a weight from memory at ~14-20 GB/s, the kernel at 24-26.
-# A lone layer repeated with the same token (the benchmark's 1-layer rows, its weights left warm in the L3) was
-# 5-25 % slower this way; XLA's dot gains more from the warm cache there.
+# A decode step's rows go through the CPU matmul kernel: q/k/v in one call (``linears``) and o. o and any q/k/v of
+# 2+ rows from one row; a single q/k/v row only while the three weights are small (the Talker's 10 MB: 1.04-1.10x
+# per layer of a 4-layer stack against XLA's dots). The Thinker's 40 MB of q/k/v gained nothing through the
+# kernel in stacks of 2-8 layers (per layer within +-5 % of XLA's dots, back-to-back runs in one process) and
+# lost 13-25 % on a lone layer repeated with the same token (its weights warm in the L3, where XLA's one-row
+# dots read faster); its o stays on the kernel: 1.03-1.07x at 8 layers.
 PROJECTION_KERNEL_MIN_ROWS = 1
+QKV_ONE_ROW_KERNEL_MAX_BYTES = 16 << 20
 
 
 def _qkv(h, w):
-    return linears(h, (w["q_proj"], w["k_proj"], w["v_proj"]), kernel_min_rows=PROJECTION_KERNEL_MIN_ROWS)
+    ws = (w["q_proj"], w["k_proj"], w["v_proj"])
+    small = sum(a.size * a.dtype.itemsize for a in ws) <= QKV_ONE_ROW_KERNEL_MAX_BYTES
+    return linears(h, ws, kernel_min_rows=PROJECTION_KERNEL_MIN_ROWS if small else 2)
 
 
 def _project(h, a, layer_idx, views):
