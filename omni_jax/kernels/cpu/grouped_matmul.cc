@@ -15,7 +15,7 @@ constexpr long kRowsPerSplit = 256;  // rows of W per work item of such a group
 constexpr long kSplitCols = 8192;
 constexpr long kWholeMatrixGroups = 8;
 constexpr long kTileSplits = 8;  // pieces of W's rows per matrix of a several-row group when the groups are few
-constexpr long kTileCols = 2048;  // and columns per such piece: its packed kDepth-row block (1 MB) stays in L2
+constexpr long kTileCols = 2048;  // and columns per such piece: its next kDepth rows (512 KB) prefetched into L2
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));  // 16 floats, unaligned loads allowed
 
@@ -69,8 +69,7 @@ void accumulate_rows(int rb, const float* const* x, const float* W, long N, long
 
 constexpr int kVecs = 4;             // v16 per row of a register tile
 constexpr long kTile = 16 * kVecs;   // columns per register tile
-constexpr long kDepth = 128;  // rows of W per packed strip: kDepth x kTile floats stay in L1
-constexpr long kStreams = 8;  // rows of W read side by side while packing
+constexpr long kDepth = 64;  // rows of W per packed strip: kDepth x kTile floats stay in L1
 constexpr int kBlock = 6;            // rows per register tile: 6 x 4 accumulators + 4 loads fit 32 vector registers
 
 // out[j][col:col+kTile] = sum_k xp[k*RB + j] * wp[k][0:kTile]: RB x kTile accumulators held in registers,
@@ -78,12 +77,13 @@ constexpr int kBlock = 6;            // rows per register tile: 6 x 4 accumulato
 // contiguously, so the passes over it stay in cache and cross no pages)
 template <int RB>
 void tile_kernel(const float* __restrict__ xp, const float* __restrict__ wp, long K, long col, float* const* out,
-                 bool first) {
+                 bool first, const char* prefetch, long lines) {
   v16 acc[RB][kVecs];
   for (int j = 0; j < RB; ++j)
     for (int v = 0; v < kVecs; ++v) acc[j][v] = (v16){};
   const float* w = wp;
   for (long k = 0; k < K; ++k, w += kTile) {
+    if (k < lines) __builtin_prefetch(prefetch + k * 64, 0, 1);
     v16 wv[kVecs];
     for (int v = 0; v < kVecs; ++v) wv[v] = *(const v16*)(w + 16 * v);
     const float* xk = xp + k * RB;
@@ -98,12 +98,13 @@ void tile_kernel(const float* __restrict__ xp, const float* __restrict__ wp, lon
     }
 }
 
-void tile_rows(int rb, const float* xp, const float* wp, long K, long col, float* const* out, bool first) {
+void tile_rows(int rb, const float* xp, const float* wp, long K, long col, float* const* out, bool first,
+               const char* prefetch, long lines) {
   switch (rb) {
-    case 6: tile_kernel<6>(xp, wp, K, col, out, first); break;
-    case 4: tile_kernel<4>(xp, wp, K, col, out, first); break;
-    case 2: tile_kernel<2>(xp, wp, K, col, out, first); break;
-    default: tile_kernel<1>(xp, wp, K, col, out, first); break;
+    case 6: tile_kernel<6>(xp, wp, K, col, out, first, prefetch, lines); break;
+    case 4: tile_kernel<4>(xp, wp, K, col, out, first, prefetch, lines); break;
+    case 2: tile_kernel<2>(xp, wp, K, col, out, first, prefetch, lines); break;
+    default: tile_kernel<1>(xp, wp, K, col, out, first, prefetch, lines); break;
   }
 }
 
@@ -175,6 +176,7 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
       r += rb;
     }
   });
+  std::atomic<long> started{-1};  // the highest item index begun: the items are claimed in order
   parallel_for(pool, (long)items.size(), [&](long it) {
     const Item& item = items[it];
     const Group& gr = groups[item.group];
@@ -185,33 +187,52 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
                             : partial.data() + ((size_t)item.split * partial_rows + partial_row[r]) * N;
     };
     if (item.tiled) {  // several rows: kDepth x kTile blocks of W packed once, each swept by every row block
-      // the item's full tiles, kDepth rows of W at a time: each row's columns read contiguously and packed
-      // strip by strip (wpack [strip][k][kTile]), then every row block sweeps every strip
-      thread_local std::vector<float> wpack;
+      // the item's full tiles, kDepth rows of W at a time: each kTile-column strip of those rows packed into an
+      // L1-sized buffer just before every row block sweeps it, while the tile calls prefetch the next kDepth rows
+      // of the item into the cache (one line per kernel step), so the memory reads overlap the arithmetic
+      alignas(64) thread_local float wpack[kDepth * kTile];
       const long full = item.w / kTile * kTile;
-      wpack.resize((size_t)kDepth * std::max(full, 1L));
+      long row_blocks = 0;
+      for (long r = gr.first; r < gr.first + gr.count; r += block_rows(gr.first + gr.count - r)) ++row_blocks;
+      const long line_floats = 16;
+      for (long prev = started.load(); prev < it && !started.compare_exchange_weak(prev, it);) {
+      }
       for (long k0 = item.k0; full > 0 && k0 < item.k1; k0 += kDepth) {
         const long depth = std::min(kDepth, item.k1 - k0);
-        const float* src = Wx + k0 * N + item.n0;
-        // rows packed kStreams at a time, their columns in step: that many sequential streams from memory at once
-        // (one stream at a time leaves the core waiting on each page's first lines)
-        long k = 0;
-        for (; k + kStreams <= depth; k += kStreams)
-          for (long c = 0; c < full; c += kTile)
-            for (long q = 0; q < kStreams; ++q)
-              std::copy(src + (k + q) * N + c, src + (k + q) * N + c + kTile, wpack.data() + (c * depth + (k + q) * kTile));
-        for (; k < depth; ++k)
-          for (long c = 0; c < full; c += kTile)
-            std::copy(src + k * N + c, src + k * N + c + kTile, wpack.data() + (c * depth + k * kTile));
-        for (long c = 0; c < full; c += kTile)
+        // what to prefetch: the item's next kDepth rows, or after its last the first rows of the item likely
+        // claimed next (one past the highest started)
+        const float* pf_w = Wx + (k0 + kDepth) * N + item.n0;
+        long pf_rows = std::max(0L, std::min(kDepth, item.k1 - k0 - kDepth)), pf_cols = item.w;
+        if (pf_rows == 0) {
+          const long next = started.load(std::memory_order_relaxed) + 1;
+          if (next < (long)items.size() && items[next].tiled) {
+            const Item& ni = items[next];
+            pf_w = W + groups[ni.group].expert * K * N + ni.k0 * N + ni.n0;
+            pf_rows = std::min(kDepth, ni.k1 - ni.k0), pf_cols = ni.w;
+          }
+        }
+        const long row_lines = (pf_cols + line_floats - 1) / line_floats;
+        const long lines = pf_rows * row_lines, calls = full / kTile * row_blocks;
+        const long per_call = std::min(depth, (lines + calls - 1) / calls);
+        long issued = 0;
+        for (long c = 0; c < full; c += kTile) {
+          const float* src = Wx + k0 * N + item.n0 + c;
+          for (long k = 0; k < depth; ++k)
+            for (int v = 0; v < kVecs; ++v) *(v16*)(wpack + k * kTile + 16 * v) = *(const v16*)(src + k * N + 16 * v);
           for (long r = gr.first; r < gr.first + gr.count;) {
             const int rb = block_rows(gr.first + gr.count - r);
             float* os[kBlock];
             for (int j = 0; j < rb; ++j) os[j] = dest_row(r + j);
-            tile_rows(rb, xpack.get() + r * K + k0 * rb, wpack.data() + c * depth, depth, item.n0 + c, os,
-                      k0 == item.k0);
+            // this call's share of the next rows' lines (within one row where the item has part of W's columns)
+            long n = std::max(0L, std::min(per_call, lines - issued));
+            const long row = issued / row_lines, line = issued % row_lines;
+            if (pf_cols < N) n = std::min(n, row_lines - line);
+            const char* pf = (const char*)(pf_w + row * N + line * line_floats);
+            tile_rows(rb, xpack.get() + r * K + k0 * rb, wpack, depth, item.n0 + c, os, k0 == item.k0, pf, n);
+            issued += n;
             r += rb;
           }
+        }
       }
       if (full < item.w) {  // the last few columns (widths that are not a multiple of kTile)
         for (long r = gr.first; r < gr.first + gr.count;) {
