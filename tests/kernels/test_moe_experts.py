@@ -86,3 +86,16 @@ def test_gather_backend_runs_the_kernel_and_its_gradient_is_the_xla_one(monkeypa
     assert not kernels.available()
     off = jax.jit(lambda *a: gather_moe(a[0], a[1], a[2], None, a[3], a[4])).lower(x, w, e, gu, dn).as_text()
     assert "OmniMoeExperts" not in off
+
+
+def test_kernel_silu_over_the_whole_gate_range():
+    """Gates from about -150 to 150: the kernel's vectorised e^-g (clamped to e^±88) gives silu as std::exp does,
+    0 below and g above, and the 16-wide loop and its scalar tail (2I = 520: 260 = 16 x 16 + 4) agree."""
+    S, H, I = SHAPES["splits_and_chunks"]
+    x, w, e, gu, dn = operands(3, S, H, I, 13, 5)
+    gu = gu.at[:, :, :I].multiply(40.0)  # the gate half only
+    y = jax.jit(kernels.moe_experts)(x, w, e, gu, dn)
+    ref = jax.jit(xla_gather_moe)(x, w, e, gu, dn)
+    gates = np.asarray(x) @ np.asarray(gu[0, :, :I])
+    assert gates.min() < -90 and gates.max() > 90
+    np.testing.assert_allclose(y, ref, atol=2e-6 * float(jnp.abs(ref).max()), rtol=0)
