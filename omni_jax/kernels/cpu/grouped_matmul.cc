@@ -102,14 +102,18 @@ void tile_rows(int rb, const float* xp, const float* wp, long K, long col, float
                const char* prefetch, long lines) {
   switch (rb) {
     case 6: tile_kernel<6>(xp, wp, K, col, out, first, prefetch, lines); break;
+    case 5: tile_kernel<5>(xp, wp, K, col, out, first, prefetch, lines); break;
     case 4: tile_kernel<4>(xp, wp, K, col, out, first, prefetch, lines); break;
+    case 3: tile_kernel<3>(xp, wp, K, col, out, first, prefetch, lines); break;
     case 2: tile_kernel<2>(xp, wp, K, col, out, first, prefetch, lines); break;
     default: tile_kernel<1>(xp, wp, K, col, out, first, prefetch, lines); break;
   }
 }
 
 // rows in the next register tile when `left` rows of a group remain
-int block_rows(long left) { return left >= kBlock ? kBlock : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+// (a lone row in a tile would run at half speed: each accumulator's chain of adds then bounds the loop, so 7-11
+// rows are cut into two tiles of 3-6)
+int block_rows(long left) { return left <= kBlock ? left : left < 2 * kBlock ? (left + 1) / 2 : kBlock; }
 
 // Work for one thread: a group's column range [n0, n0+w) over W rows [k0, k1). split >= 0: a few-row group
 // whose W rows were cut into pieces; this item writes piece `split` of its partial sums.
