@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from omni_jax.atomic import PARTIAL_SUFFIX, check_output_parent, raise_if_interrupted
+from omni_jax.atomic import PARTIAL_SUFFIX, check_output_parent, raise_if_interrupted, remove_tree
 from omni_jax.errors import UsageError
 
 DEFAULT_ROOT = Path("results")
@@ -76,4 +76,4 @@ class ResultsDirectory:
             self.log(f"the run's checkpoints are kept in {self.staging}: rerun the same command with --resume "
                      "to continue it")
             return
-        shutil.rmtree(self.staging, ignore_errors=True)
+        remove_tree(self.staging)

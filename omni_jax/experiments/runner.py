@@ -72,8 +72,8 @@ def run_experiment(path: str | Path, checkpoint: str | Path | None = None, out: 
     spec["random_weights"] = announce_if_demo(ckpt, log)
     cfg = OmniConfig.from_file(ckpt)
     check_against_config(spec, module, cfg)
-    work = results.open()
-    try:
+    try:  # OUT.partial is created inside: a signal right after its mkdir still removes it
+        work = results.open()
         random.seed(spec["seed"])
         np.random.seed(spec["seed"])
         t0 = time.perf_counter()
