@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace omni {
@@ -54,23 +55,23 @@ void accumulate(const float* const* x, const float* W, long N, long k0, long k1,
   }
 }
 
+// f(std::integral_constant<int, rb>{}) for 1 <= rb <= R: a row count chosen at run time as a template argument
+template <int R, typename F>
+void with_rows(int rb, const F& f) {
+  if constexpr (R > 1)
+    if (rb < R) return with_rows<R - 1>(rb, f);
+  f(std::integral_constant<int, R>{});
+}
+
 void accumulate_rows(int rb, const float* const* x, const float* W, long N, long k0, long k1, long n0, long w,
                      float* const* acc) {
-  switch (rb) {
-    case 8: accumulate<8>(x, W, N, k0, k1, n0, w, acc); break;
-    case 7: accumulate<7>(x, W, N, k0, k1, n0, w, acc); break;
-    case 6: accumulate<6>(x, W, N, k0, k1, n0, w, acc); break;
-    case 5: accumulate<5>(x, W, N, k0, k1, n0, w, acc); break;
-    case 4: accumulate<4>(x, W, N, k0, k1, n0, w, acc); break;
-    case 3: accumulate<3>(x, W, N, k0, k1, n0, w, acc); break;
-    case 2: accumulate<2>(x, W, N, k0, k1, n0, w, acc); break;
-    default: accumulate<1>(x, W, N, k0, k1, n0, w, acc); break;
-  }
+  with_rows<kStreamRows>(rb, [&](auto rows) { accumulate<rows()>(x, W, N, k0, k1, n0, w, acc); });
 }
 
 constexpr int kVecs = 4;             // v16 per row of a register tile
 constexpr long kTile = 16 * kVecs;   // columns per register tile
 constexpr long kDepth = 64;  // rows of W per packed strip: kDepth x kTile floats stay in L1
+constexpr long kLineFloats = 16;  // floats per cache line (what one prefetch fetches)
 constexpr int kBlock = 6;            // rows per register tile: 6 x 4 accumulators + 4 loads fit 32 vector registers
 
 // out[j][col:col+kTile] = sum_k xp[k*RB + j] * wp[k][0:kTile]: RB x kTile accumulators held in registers,
@@ -101,14 +102,7 @@ void tile_kernel(const float* __restrict__ xp, const float* __restrict__ wp, lon
 
 void tile_rows(int rb, const float* xp, const float* wp, long K, long col, float* const* out, bool first,
                const char* prefetch, long lines) {
-  switch (rb) {
-    case 6: tile_kernel<6>(xp, wp, K, col, out, first, prefetch, lines); break;
-    case 5: tile_kernel<5>(xp, wp, K, col, out, first, prefetch, lines); break;
-    case 4: tile_kernel<4>(xp, wp, K, col, out, first, prefetch, lines); break;
-    case 3: tile_kernel<3>(xp, wp, K, col, out, first, prefetch, lines); break;
-    case 2: tile_kernel<2>(xp, wp, K, col, out, first, prefetch, lines); break;
-    default: tile_kernel<1>(xp, wp, K, col, out, first, prefetch, lines); break;
-  }
+  with_rows<kBlock>(rb, [&](auto rows) { tile_kernel<rows()>(xp, wp, K, col, out, first, prefetch, lines); });
 }
 
 // rows in the next register tile when `left` rows of a group remain
@@ -199,7 +193,6 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
       const long full = item.w / kTile * kTile;
       long row_blocks = 0;
       for (long r = gr.first; r < gr.first + gr.count; r += block_rows(gr.first + gr.count - r)) ++row_blocks;
-      const long line_floats = 16;
       for (long prev = started.load(); prev < it && !started.compare_exchange_weak(prev, it);) {
       }
       for (long k0 = item.k0; full > 0 && k0 < item.k1; k0 += kDepth) {
@@ -216,7 +209,7 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
             pf_rows = std::min(kDepth, ni.k1 - ni.k0), pf_cols = ni.w;
           }
         }
-        const long row_lines = (pf_cols + line_floats - 1) / line_floats;
+        const long row_lines = (pf_cols + kLineFloats - 1) / kLineFloats;
         const long lines = pf_rows * row_lines, calls = full / kTile * row_blocks;
         const long per_call = std::min(depth, (lines + calls - 1) / calls);
         long issued = 0;
@@ -232,7 +225,7 @@ void grouped_matmul(xla::ffi::ThreadPool& pool, const Pairs& sorted, const std::
             long n = std::max(0L, std::min(per_call, lines - issued));
             const long row = issued / row_lines, line = issued % row_lines;
             if (pf_cols < N) n = std::min(n, row_lines - line);
-            const char* pf = (const char*)(pf_w + row * N + line * line_floats);
+            const char* pf = (const char*)(pf_w + row * N + line * kLineFloats);
             tile_rows(rb, xpack.get() + r * K + k0 * rb, wpack, depth, item.n0 + c, os, k0 == item.k0, pf, n);
             issued += n;
             r += rb;
