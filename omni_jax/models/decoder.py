@@ -190,12 +190,12 @@ def with_layer_views(layers: dict) -> dict:
     return layers if views is None else dict(layers, **{PER_LAYER: views})
 
 
-# A decode step's rows go through the CPU matmul kernel: q/k/v in one call (``linears``) and o. o and any q/k/v of
-# 2+ rows from one row; a single q/k/v row only while the three weights are small (the Talker's 10 MB: 1.04-1.10x
+# A decode step's rows go through the CPU matmul kernel: q/k/v in one call (``linears``) and o. o from one row,
+# q/k/v from two, and a single q/k/v row only while the three weights are small (the Talker's 10 MB: 1.04-1.10x
 # per layer of a 4-layer stack against XLA's dots). The Thinker's 40 MB of q/k/v gained nothing through the
 # kernel in stacks of 2-8 layers (per layer within +-5 % of XLA's dots, back-to-back runs in one process) and
 # lost 13-25 % on a lone layer repeated with the same token (its weights warm in the L3, where XLA's one-row
-# dots read faster); its o stays on the kernel: 1.03-1.07x at 8 layers.
+# dots read faster); its o stays on the kernel: 1.04-1.08x at 8 layers.
 PROJECTION_KERNEL_MIN_ROWS = 1
 QKV_ONE_ROW_KERNEL_MAX_BYTES = 16 << 20
 
