@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.bench.limits import matmul_flops
-from omni_jax.bench.timing import emit_json, print_table, time_fn
+from omni_jax.bench.timing import emit_json, print_table, time_interleaved
 from omni_jax.config import AudioConfig
 
 
@@ -120,8 +120,8 @@ def main(argv=None) -> dict:
         ours = np.asarray(pack_audio_embeddings(jax_fn(), counts).astype(jnp.float32))
         ref = hf_fn().float().numpy()
         diff = float(np.abs(ours - ref).max())
-        tj = time_fn(jax_fn, warmup=0, repeat=args.repeat)["median_s"]  # compiled and warmed by the diff run
-        th = time_fn(hf_fn, warmup=0, repeat=args.repeat)["median_s"]
+        t = time_interleaved({"jax": jax_fn, "hf": hf_fn}, warmup=0, repeat=args.repeat)  # warmed by the diff run
+        tj, th = t["jax"]["median_s"], t["hf"]["median_s"]
         rec = dict(dtype=dtype_name, seconds=args.seconds, frames=frames, tokens=int(counts[0]),
                    layers=cfg.encoder_layers, jax_s=tj, hf_s=th, hf_over_jax=th / tj,
                    jax_gflops=flops / tj / 1e9, hf_gflops=flops / th / 1e9, jax_share_of_peak=flops / tj / peak,

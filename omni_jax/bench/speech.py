@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.bench.limits import matmul_flops, memory_read_bandwidth
-from omni_jax.bench.timing import emit_json, print_table, time_fn
+from omni_jax.bench.timing import emit_json, print_table, time_interleaved
 from omni_jax.config import Code2WavConfig, CodePredictorConfig, TalkerConfig
 
 
@@ -131,8 +131,8 @@ def bench_code_predictor(args, rows, results):
         ours, ref = jax_fn(), hf_fn()
         code_diff = int((np.asarray(ours["codes"]) != ref.sequences.numpy()).sum())
         logit_diff = float(np.abs(np.asarray(ours["logits"][:, 0]) - ref.logits[0].float().numpy()).max())
-        tj = time_fn(jax_fn, warmup=0, repeat=args.repeat)["median_s"]  # both already ran once above
-        th = time_fn(hf_fn, warmup=0, repeat=args.repeat)["median_s"]
+        t = time_interleaved({"jax": jax_fn, "hf": hf_fn}, warmup=0, repeat=args.repeat)  # both ran once above
+        tj, th = t["jax"]["median_s"], t["hf"]["median_s"]
         t_min = frame_bytes(cfg, jdt.itemsize) / bandwidth
         rec = dict(part="code_predictor", dtype=dtype_name, layers=cfg.num_layers, jax_s=tj, hf_s=th,
                    hf_over_jax=th / tj, jax_share_of_bandwidth=t_min / tj, hf_share_of_bandwidth=t_min / th,
@@ -150,15 +150,16 @@ def bench_code_predictor(args, rows, results):
 def bench_talker(args, rows, results):
     """One real-width Talker decoder layer (1024 wide, 16/2 heads, 128 experts x 384 top-6 + shared expert):
     one decode step against a KV cache of ``--talker-kv`` positions; the 20-layer step is 20x that."""
-    from omni_jax.bench.thinker_layer import decode_bytes, hf_layer, jax_layer, layer_config
+    from omni_jax.bench.thinker_layer import decode_bytes, hf_layer, jax_layer, layer_config, side_by_side
 
     cfg = layer_config(talker=True)
     bandwidth = memory_read_bandwidth()
     n_layers = TalkerConfig().text.num_layers
     for dtype_name in args.dtypes.split(","):
         jdt = jnp.dtype(dtype_name)
-        _, jd, _ = jax_layer(cfg, jdt, 16, args.talker_kv)
-        _, hd = hf_layer(cfg, dtype_name, 16, args.talker_kv, talker=True)
+        _, jd_fn = jax_layer(cfg, jdt, 16, args.talker_kv)
+        _, hd_fns = hf_layer(cfg, dtype_name, 16, args.talker_kv, talker=True)
+        jd, hd = side_by_side(jd_fn, hd_fns, warmup=2, repeat=16)
         tj, th = jd["median_s"], hd["median_s"]
         t_min = decode_bytes(cfg, args.talker_kv, jdt.itemsize) / bandwidth
         results.append(dict(part="talker_decode_layer", dtype=dtype_name, kv=args.talker_kv, jax_s=tj, hf_s=th,
@@ -222,8 +223,8 @@ def bench_code2wav(args, rows, results):
                 return hf(ct)
 
         diff = float(np.abs(np.asarray(jax_fn().astype(jnp.float32)) - hf_fn()[:, 0].float().numpy()).max())
-        tj = time_fn(jax_fn, warmup=0, repeat=args.repeat)["median_s"]  # both already ran once above
-        th = time_fn(hf_fn, warmup=0, repeat=args.repeat)["median_s"]
+        t = time_interleaved({"jax": jax_fn, "hf": hf_fn}, warmup=0, repeat=args.repeat)  # both ran once above
+        tj, th = t["jax"]["median_s"], t["hf"]["median_s"]
         rec = dict(part="code2wav", dtype=dtype_name, layers=cfg.num_layers, frames=args.frames, audio_s=audio_s,
                    jax_s=tj, hf_s=th, hf_over_jax=th / tj, jax_rtf=tj / audio_s, hf_rtf=th / audio_s,
                    gflop=flops / 1e9, peak_gflops=peak / 1e9, jax_share_of_peak=flops / tj / peak,

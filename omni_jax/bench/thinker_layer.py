@@ -6,7 +6,12 @@
 Layer: hidden 2048, 32/4 heads x 128, 128 experts x 768, top-8, interleaved M-RoPE; random N(0, 0.02)
 weights; batch 1. Prefill = ``--prefill`` tokens into an empty cache; decode = one token against a cache
 holding ``--kv`` tokens. HF's figure is the faster of its two MoE experts implementations (``eager``,
-``grouped_mm``) for each row. The machine's limits are measured in the same run: decode is bounded by the bytes
+``grouped_mm``) for each row. Both sides are built before timing and their timed runs interleaved
+(``timing.time_interleaved``: per round, three untimed runs and one timed run of each, the order rotated), so a
+drift in the shared host's load reaches both medians alike: single decode steps here moved by up to 1.8x from
+run to run. A lone layer's 225 MB partly stay in the 480 MB L3 between repeats of the same step, on both
+sides; in a deep model each step streams every layer from memory, as the depth rows at 8 layers do.
+The machine's limits are measured in the same run: decode is bounded by the bytes
 of weights (and KV cache) a step must read over the measured memory read bandwidth; prefill by its
 FLOPs over the measured matmul throughput. ``share`` = limit time / measured time.
 
@@ -14,7 +19,7 @@ Depth rows (fp32): one decode step through ``d`` stacked layers for each ``d`` i
 after layer ``d // 2`` (as the Talker reads a middle Thinker layer, which splits the layer scan), reported
 per layer beside ``d`` HF layers run in sequence: the per-layer cost must not grow with depth. A decode step
 reads only the top-8 experts, so ``--experts`` (fewer experts per layer) leaves the per-layer cost alone and
-shrinks the memory (128 experts: 2.4 GB per layer on each side, one side at a time).
+shrinks the memory (128 experts: 2.4 GB per layer on each side; both sides are held at once).
 Findings and what was done about them: docs/performance.md.
 """
 
@@ -28,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.bench.limits import matmul_flops, memory_read_bandwidth
-from omni_jax.bench.timing import emit_json, print_table, time_fn
+from omni_jax.bench.timing import emit_json, print_table, time_interleaved
 from omni_jax.config import TextConfig
 
 
@@ -57,22 +62,40 @@ def prefill_flops(cfg: TextConfig, n: int) -> float:
     return proj + experts + router + scores
 
 
-def jax_decode_stack(cfg: TextConfig, kv: int, tap: int | None, repeat: int, seed: int = 0) -> dict:
-    """One fp32 decode step through ``cfg.num_layers`` stacked layers (a tap after layer ``tap``)."""
+def jax_decode_stack(cfg: TextConfig, kv: int, tap: int | None, seed: int = 0):
+    """One fp32 decode step through ``cfg.num_layers`` stacked layers (a tap after layer ``tap``), as a
+    no-argument function, and the compiled step's temporaries in bytes."""
     from omni_jax.models.decoder import KVCache
 
-    layers, step = jax_stack(cfg, jnp.float32, seed, tap)
+    layers, forward = jax_stack(cfg, jnp.float32, seed, tap)
+    step = jax.jit(forward, donate_argnums=3)
     cache = KVCache.create(cfg, 1, kv + 1, jnp.float32)
     cache = KVCache(cache.k, cache.v, cache.valid.at[:, :kv].set(True), jnp.asarray(kv, jnp.int32))
     x1 = jnp.asarray(np.random.default_rng(seed).standard_normal((1, 1, cfg.hidden_size)), jnp.float32)
     pos1 = jnp.full((3, 1, 1), float(kv))
-    out = time_fn(lambda: step(layers, x1, pos1, cache), warmup=2, repeat=repeat)
-    out["temp_bytes"] = step.lower(layers, x1, pos1, cache).compile().memory_analysis().temp_size_in_bytes
-    return out
+    temp = step.lower(layers, x1, pos1, cache).compile().memory_analysis().temp_size_in_bytes
+    return repeated_decode(step, layers, x1, pos1, cache), temp
 
 
-def hf_decode_stack(cfg: TextConfig, kv: int, repeat: int) -> dict:
-    """``cfg.num_layers`` HF Thinker decoder layers run in sequence for one decode token (fp32)."""
+def repeated_decode(step, layers, x1, pos1, cache):
+    """A no-argument function running the (cache-donating) ``step`` for the same token at the same position
+    each call: the cache it returns, its length set back, is the next call's."""
+    from omni_jax.models.decoder import KVCache
+
+    state = {"cache": cache}
+    length = np.int32(cache.length)  # a host scalar: the donated cache's own length is gone after a call
+
+    def run():
+        y, _, c = step(layers, x1, pos1, state["cache"])
+        state["cache"] = KVCache(c.k, c.v, c.valid, length)
+        return y
+
+    return run
+
+
+def hf_decode_stack(cfg: TextConfig, kv: int) -> dict:
+    """``cfg.num_layers`` HF Thinker decoder layers run in sequence for one decode token (fp32), as
+    ``{experts implementation: no-argument function}``."""
     import torch
     from transformers.cache_utils import DynamicCache
 
@@ -85,25 +108,25 @@ def hf_decode_stack(cfg: TextConfig, kv: int, repeat: int) -> dict:
             x = layer(x, attention_mask=None, position_ids=pos[0], past_key_values=cache, position_embeddings=pe)
         return x
 
-    def timed():
+    cache = DynamicCache(config=hc)
+    with torch.no_grad():
+        run(torch.randn(1, kv, cfg.hidden_size), 0, cache)
+    x1 = torch.randn(1, 1, cfg.hidden_size)
+
+    def dec():
         with torch.no_grad():
-            cache = DynamicCache(config=hc)
-            run(torch.randn(1, kv, cfg.hidden_size), 0, cache)
-            x1 = torch.randn(1, 1, cfg.hidden_size)
+            out = run(x1, kv, cache)
+            cache.crop(-1)
+            return out
 
-            def dec():
-                out = run(x1, kv, cache)
-                cache.crop(-1)
-                return out
-
-            return time_fn(dec, warmup=2, repeat=repeat)
-
-    return best_of_experts_implementations(hc, timed)
+    return runnable_experts_implementations(hc, dec)
 
 
 def jax_stack(cfg: TextConfig, dtype, seed: int = 0, tap: int | None = None):
     """``cfg.num_layers`` random decoder layers (norms = 1; per-layer projection views, as the decode engines
-    read them) and a jitted cached forward ``(layers, x, pos, cache) -> (y, tapped hidden, cache)``."""
+    read them) and a cached forward ``(layers, x, pos, cache) -> (y, tapped hidden, cache)`` to jit. The decode
+    rows jit it with the cache donated, as the generation engines donate their state: the step then writes
+    the new slot in place instead of copying the whole cache."""
     from flax import nnx
 
     from omni_jax.models.common import pure_params
@@ -123,45 +146,56 @@ def jax_stack(cfg: TextConfig, dtype, seed: int = 0, tap: int | None = None):
                                           token_mask=am.astype(bool))
         return y, hidden, KVCache(kv_[0], kv_[1], valid, cache.length + x.shape[1])
 
-    return layers, jax.jit(forward)
+    return layers, forward
 
 
 def jax_layer(cfg: TextConfig, dtype, n_prefill: int, kv: int, seed: int = 0):
+    """One decoder layer as two no-argument functions: prefill of ``n_prefill`` tokens into an empty cache, and
+    one decode token against a cache holding ``kv`` tokens."""
     from omni_jax.models.decoder import KVCache
 
-    layers, step = jax_stack(cfg, dtype, seed)
+    layers, forward = jax_stack(cfg, dtype, seed)
+    step, decode_step = jax.jit(forward), jax.jit(forward, donate_argnums=3)
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal((1, n_prefill, cfg.hidden_size)), dtype)
     pos = jnp.broadcast_to(jnp.arange(n_prefill, dtype=jnp.float32)[None, None], (3, 1, n_prefill))
     empty = KVCache.create(cfg, 1, n_prefill, dtype)
-    prefill = time_fn(lambda: step(layers, x, pos, empty), warmup=1, repeat=4)
     filled = KVCache.create(cfg, 1, kv + 1, dtype)
     xk = jnp.asarray(rng.standard_normal((1, kv, cfg.hidden_size)), dtype)
     posk = jnp.broadcast_to(jnp.arange(kv, dtype=jnp.float32)[None, None], (3, 1, kv))
     _, _, filled = step(layers, xk, posk, filled)
     x1 = x[:, :1]
     pos1 = jnp.full((3, 1, 1), float(kv))
-    decode = time_fn(lambda: step(layers, x1, pos1, filled), warmup=2, repeat=16)
-    return prefill, decode, layers
+    return (lambda: step(layers, x, pos, empty)), repeated_decode(decode_step, layers, x1, pos1, filled)
 
 
 HF_EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm")
 
 
-def best_of_experts_implementations(hc, timed):
-    """``timed()`` under each of HF's MoE experts implementations (``eager`` loops over the chosen experts,
-    ``grouped_mm`` is what ``from_pretrained`` picks where torch supports it); the faster one is HF's figure."""
-    best = None
+def runnable_experts_implementations(hc, fn) -> dict:
+    """``{impl: fn run under HF's MoE experts implementation impl}`` for each of ``HF_EXPERTS_IMPLEMENTATIONS``
+    that runs here (``eager`` loops over the chosen experts, ``grouped_mm`` is what ``from_pretrained`` picks
+    where torch supports it). Each is run once to find out."""
+    out = {}
     for impl in HF_EXPERTS_IMPLEMENTATIONS:
-        hc._experts_implementation = impl
+        def run(impl=impl):
+            hc._experts_implementation = impl
+            return fn()
         try:
-            t = timed()
+            run()
         except (RuntimeError, NotImplementedError, ValueError):  # an implementation torch cannot run here
             continue
-        t["experts_implementation"] = impl
-        if best is None or t["median_s"] < best["median_s"]:
-            best = t
-    return best
+        out[impl] = run
+    return out
+
+
+def side_by_side(ours, theirs: dict, warmup: int, repeat: int):
+    """Our function and HF's (one per experts implementation) timed with their runs interleaved; returns our
+    timing and HF's faster implementation's timing (``None`` without HF), which names it."""
+    fns = {"omni_jax": ours, **{f"hf {impl}": fn for impl, fn in theirs.items()}}
+    t = time_interleaved(fns, warmup=warmup, repeat=repeat)
+    hf = [dict(t[k], experts_implementation=k[3:]) for k in t if k.startswith("hf ")]
+    return t["omni_jax"], min(hf, key=lambda r: r["median_s"]) if hf else None
 
 
 def _hf_layers(cfg: TextConfig, dtype_name: str, n: int, talker: bool = False):
@@ -198,7 +232,8 @@ def _hf_layers(cfg: TextConfig, dtype_name: str, n: int, talker: bool = False):
 
 
 def hf_layer(cfg: TextConfig, dtype_name: str, n_prefill: int, kv: int, talker: bool = False):
-    """HF's Thinker (or, with ``talker``, Talker) decoder layer timed like ``jax_layer``."""
+    """HF's Thinker (or, with ``talker``, Talker) decoder layer as ``jax_layer``'s two functions, each a
+    ``{experts implementation: function}`` dict."""
     import torch
     from transformers.cache_utils import DynamicCache
 
@@ -211,24 +246,22 @@ def hf_layer(cfg: TextConfig, dtype_name: str, n_prefill: int, kv: int, talker: 
         pe = rope(x, pos)
         return layer(x, attention_mask=None, position_ids=pos[0], past_key_values=cache, position_embeddings=pe)
 
-    def timed_prefill():
+    def prefill():
         with torch.no_grad():
-            return time_fn(lambda: run(x, 0, DynamicCache(config=hc)), warmup=1, repeat=4)
+            return run(x, 0, DynamicCache(config=hc))
 
-    def timed_decode():
+    cache = DynamicCache(config=hc)
+    with torch.no_grad():
+        run(torch.randn(1, kv, cfg.hidden_size, dtype=dtype), 0, cache)
+    x1 = x[:, :1]
+
+    def dec():
         with torch.no_grad():
-            cache = DynamicCache(config=hc)
-            run(torch.randn(1, kv, cfg.hidden_size, dtype=dtype), 0, cache)
-            x1 = x[:, :1]
+            out = run(x1, kv, cache)
+            cache.crop(-1)
+            return out
 
-            def dec():
-                out = run(x1, kv, cache)
-                cache.crop(-1)
-                return out
-
-            return time_fn(dec, warmup=2, repeat=16)
-
-    return best_of_experts_implementations(hc, timed_prefill), best_of_experts_implementations(hc, timed_decode)
+    return runnable_experts_implementations(hc, prefill), runnable_experts_implementations(hc, dec)
 
 
 def depth_rows(args, bw: float, results: dict) -> list[list]:
@@ -239,9 +272,11 @@ def depth_rows(args, bw: float, results: dict) -> list[list]:
     for d in [int(x) for x in args.depths.split(",") if x]:
         cfg = dataclasses.replace(layer_config(), num_layers=d, num_experts=args.experts)
         tap = d // 2 - 1 if d > 1 else None
-        ours = jax_decode_stack(cfg, args.kv, tap, repeat=args.repeat)
-        gc.collect()
-        theirs = None if args.no_hf else hf_decode_stack(cfg, args.kv, repeat=args.repeat)
+        ours_fn, temp = jax_decode_stack(cfg, args.kv, tap)
+        ours, theirs = side_by_side(ours_fn, {} if args.no_hf else hf_decode_stack(cfg, args.kv),
+                                    warmup=2, repeat=args.repeat)
+        ours["temp_bytes"] = temp
+        del ours_fn
         gc.collect()
         floor = d * decode_bytes(cfg, args.kv, 4) / bw
         r = dict(layers=d, tap_after_layer=tap, experts=args.experts, jax_ms_per_layer=1e3 * ours["median_s"] / d,
@@ -258,6 +293,8 @@ def depth_rows(args, bw: float, results: dict) -> list[list]:
 
 
 def main(argv=None) -> dict:
+    import gc
+
     p = argparse.ArgumentParser(prog="python -m omni_jax.bench thinker-layer", description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true")
     p.add_argument("--dtypes", default="float32,bfloat16")
@@ -266,7 +303,9 @@ def main(argv=None) -> dict:
     p.add_argument("--depths", default="1,2,4,8", help="layer counts of the per-layer decode rows ('' = none)")
     p.add_argument("--experts", type=int, default=16,
                    help="experts per layer in the depth rows (128 at depth 8 needs > 24 GB)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs of each depth row (median reported)")
+    p.add_argument("--repeat", type=int, default=15, help="timed runs of each depth row (median reported)")
+    p.add_argument("--layer-repeat", type=int, default=5,
+                   help="timed prefill runs of the one-layer rows (decode: 4x as many; median reported)")
     p.add_argument("--no-hf", action="store_true", help="skip the HF reference")
     args = p.parse_args(argv)
     cfg = layer_config()
@@ -277,8 +316,12 @@ def main(argv=None) -> dict:
         jdt = jnp.dtype(dt)
         mm = matmul_flops(dt)
         results["machine"][f"matmul_{dt}_GFLOPs"] = mm / 1e9
-        jp, jd, _ = jax_layer(cfg, jdt, args.prefill, args.kv)
-        hp, hd = (None, None) if args.no_hf else hf_layer(cfg, dt, args.prefill, args.kv)
+        jp_fn, jd_fn = jax_layer(cfg, jdt, args.prefill, args.kv)
+        hp_fns, hd_fns = ({}, {}) if args.no_hf else hf_layer(cfg, dt, args.prefill, args.kv)
+        jp, hp = side_by_side(jp_fn, hp_fns, warmup=1, repeat=args.layer_repeat)
+        jd, hd = side_by_side(jd_fn, hd_fns, warmup=2, repeat=4 * args.layer_repeat)
+        del jp_fn, jd_fn, hp_fns, hd_fns
+        gc.collect()
         dec_limit = decode_bytes(cfg, args.kv, jdt.itemsize) / bw
         pre_limit = prefill_flops(cfg, args.prefill) / mm
         r = {

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.bench.limits import matmul_flops
-from omni_jax.bench.timing import emit_json, print_table, time_fn
+from omni_jax.bench.timing import emit_json, print_table, time_interleaved
 from omni_jax.config import VisionConfig
 
 INPUTS = {"image_448": ((1, 28, 28),), "video_4f_448": ((2, 28, 28),)}
@@ -129,8 +129,8 @@ def main(argv=None) -> dict:
             ours_out = np.asarray(jax_fn()[0], np.float32)  # also the warm-up (compile) run
             ref_out = hf_fn().float().numpy()
             diff = float(np.abs(ours_out - ref_out).max())
-            tj = time_fn(jax_fn, warmup=0, repeat=args.repeat)["median_s"]
-            th = time_fn(hf_fn, warmup=0, repeat=args.repeat)["median_s"]
+            t = time_interleaved({"jax": jax_fn, "hf": hf_fn}, warmup=0, repeat=args.repeat)
+            tj, th = t["jax"]["median_s"], t["hf"]["median_s"]
             flops = vision_flops(cfg, grids)
             rec = dict(input=label, dtype=dtype_name, patches=n, depth=cfg.depth, jax_s=tj, hf_s=th,
                        hf_over_jax=th / tj, jax_gflops=flops / tj / 1e9, hf_gflops=flops / th / 1e9,
