@@ -15,20 +15,24 @@ from omni_jax.kernels.build import available, usable_here
 # A layer's q/k/v through ``matmul_shared`` (one call) from memory, 1 / 4 / 8 rows: 1.04 / 1.45 / 2.44 ms against
 # 1.34 / 2.32 / 3.04 ms for three ``matmul`` calls and 3.05 / 3.97 / 5.28 ms for XLA's dots. The decoder stack
 # asks for 1 row (``models.decoder``: o, and q/k/v up to 16 MB of weights); elsewhere 1-2 rows keep XLA's dot unless the
-# caller asks (``min_rows=1``: the code predictor). Very wide weights keep XLA's dot: the Thinker's lm_head
-# [2048, 151936] is 37.8 ms with XLA, 44.0 here.
+# caller asks (``min_rows=1``: the code predictor). Weights wider than MAX_COLUMNS keep XLA's dot for one row
+# and take the kernel from WIDE_MIN_ROWS rows, whatever the caller asks: the Thinker's lm_head [2048, 151936] from
+# memory, 1 / 2 / 4 / 8 rows: XLA 40.6 / 92.8 / 114.4 / 128.9 ms, the kernel 43.5 / 48.1 / 51.4 / 84.2 ms.
 MIN_ROWS, MAX_ROWS = 3, 64
 MAX_COLUMNS = 65536
+WIDE_MIN_ROWS = 2
 
 
 def matmul_usable(x, w, min_rows: int = MIN_ROWS) -> bool:
-    """True when ``matmul`` should run: float32 operands, w 2-D with at most MAX_COLUMNS columns, min_rows..MAX_ROWS
-    rows of x, kernels usable here."""
+    """True when ``matmul`` should run: float32 operands, w 2-D, min_rows..MAX_ROWS rows of x (WIDE_MIN_ROWS..MAX_ROWS
+    where w has more than MAX_COLUMNS columns), kernels usable here."""
     rows = 1
     for d in x.shape[:-1]:
         rows *= d
-    return (x.dtype == jnp.float32 and w.dtype == jnp.float32 and w.ndim == 2 and x.ndim >= 1
-            and min_rows <= rows <= MAX_ROWS and w.shape[1] <= MAX_COLUMNS and usable_here())
+    if x.dtype != jnp.float32 or w.dtype != jnp.float32 or w.ndim != 2 or x.ndim < 1:
+        return False
+    lowest = min_rows if w.shape[1] <= MAX_COLUMNS else WIDE_MIN_ROWS
+    return lowest <= rows <= MAX_ROWS and usable_here()
 
 
 def matmul(x, w) -> jax.Array:

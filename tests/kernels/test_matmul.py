@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from omni_jax import kernels
-from omni_jax.kernels.matmul import MAX_COLUMNS, MAX_ROWS
+from omni_jax.kernels.matmul import MAX_COLUMNS, MAX_ROWS, WIDE_MIN_ROWS
 from omni_jax.ops.linear import linear, linears
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the CPU kernels are off")
@@ -23,9 +23,10 @@ def operands(seed, lead, K, N):
 
 
 # K > 256: the 1-2-row path sums partial products over row splits; N > 2048: it also splits columns; N = 2100 is
-# not a multiple of the 64-column register tile: the several-row path finishes the last columns separately
+# not a multiple of the 64-column register tile: the several-row path finishes the last columns separately.
+# K = 259: a split of 3 rows (fewer than the 4 streams of a pass) and one of 256 read as 4 streams of 64 rows.
 @pytest.mark.parametrize("lead", [(1,), (2,), (3,), (2, 5), (13,), (MAX_ROWS,)])
-@pytest.mark.parametrize("K,N", [(40, 12), (700, 2100)])
+@pytest.mark.parametrize("K,N", [(40, 12), (259, 70), (700, 2100)])
 def test_matmul_matches_float64(lead, K, N):
     x, w = operands(K + N + sum(lead), lead, K, N)
     y = jax.jit(kernels.matmul)(x, w)
@@ -42,7 +43,10 @@ def test_linear_uses_the_kernel_for_a_few_float32_rows_only():
 
     assert "OmniMatmul" in hlo(x, w)
     assert "OmniMatmul" not in hlo(jnp.zeros((MAX_ROWS + 1, 64), jnp.float32), w)
-    assert "OmniMatmul" not in hlo(x, jnp.zeros((64, MAX_COLUMNS + 1), jnp.float32))
+    wide = jnp.zeros((64, MAX_COLUMNS + 1), jnp.float32)  # more columns: the kernel from WIDE_MIN_ROWS rows
+    assert "OmniMatmul" not in hlo(x[:WIDE_MIN_ROWS - 1], wide)
+    assert "OmniMatmul" in hlo(x[:WIDE_MIN_ROWS], wide)
+    assert "OmniMatmul" not in jax.jit(lambda x, w: linear(x, w, kernel_min_rows=1)).lower(x[:1], wide).as_text()
     one = x[:1]  # a single row takes the kernel only where the caller asks for it
     assert "OmniMatmul" not in hlo(one, w)
     assert "OmniMatmul" in jax.jit(lambda x, w: linear(x, w, kernel_min_rows=1)).lower(one, w).as_text()
