@@ -20,7 +20,7 @@ from omni_jax.paths import cache_root
 
 SOURCE_DIR = Path(__file__).resolve().parent / "cpu"
 # the FFI handlers the library exports, registered under the same names
-TARGETS = ("OmniMoeExperts", "OmniMatmul", "OmniMatmulShared")
+TARGETS = ("OmniMoeExperts", "OmniMatmul", "OmniMatmulShared", "OmniDecodeAttention")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17", "-w")
 ENV_SWITCH = "OMNI_JAX_CPU_KERNELS"
 
