@@ -29,7 +29,7 @@ def decode_attention_usable(q, k_stack) -> bool:
 def decode_attention(q, k_stack, v_stack, layer, mask, *, scale: float) -> jax.Array:
     """Attention of q [B, Hq, D] (one position per batch row) against layer ``layer`` (traced int, clamped to
     range) of k_stack / v_stack [L, B, S, Hkv, D] under mask [B, S] (True = may attend), the scores scaled in
-    float32; [B, Hq, D] float32. The CPU kernel call itself: ``ops.attention.stacked_decode_attention`` puts it
+    float32; [B, Hq, D] float32. The CPU kernel call itself: ``ops.attention.stacked_cache_attention`` puts it
     behind ``platform_dependent`` with XLA's ops for other platforms. Forward only."""
     if not available():
         raise RuntimeError("omni_jax.kernels: the CPU kernels are unavailable (no C++ compiler, a failed build, "

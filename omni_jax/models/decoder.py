@@ -31,7 +31,7 @@ from omni_jax.config import TextConfig
 from omni_jax.models.common import normal, ones, param_axes, shape_only_init, stack_views
 from omni_jax.moe import RoutingConfig, moe_block
 from omni_jax.moe.layout import moe_axes
-from omni_jax.ops.attention import attention, causal_mask, stacked_decode_attention
+from omni_jax.ops.attention import attention, causal_mask, stacked_cache_attention
 from omni_jax.ops.linear import linear, linears
 from omni_jax.ops.norms import rms_norm
 from omni_jax.ops.rope import apply_rope, mrope_cos_sin
@@ -245,12 +245,8 @@ def _layer(p, mlp, x, cos, sin, mask, cache, layer_idx, slot, cfg: TextConfig, r
         ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (layer_idx, 0, slot, 0, 0))
         cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (layer_idx, 0, slot, 0, 0))
         cache = (ck, cv)
-    if cache is not None and l == 1:  # decode: the layer's cache read where it lies
-        o = stacked_decode_attention(q, ck, cv, layer_idx, mask)
+        o = stacked_cache_attention(q, ck, cv, layer_idx, mask)
     else:
-        if cache is not None:
-            k = jax.lax.dynamic_index_in_dim(ck, layer_idx, 0, keepdims=False).astype(x.dtype)
-            v = jax.lax.dynamic_index_in_dim(cv, layer_idx, 0, keepdims=False).astype(x.dtype)
         o = attention(q, k, v, mask, scale_in_float32=True)
     x = x + _out_project(o.reshape(b, l, hq * d), a, layer_idx, views)
     h = rms_norm(x, p["post_norm"], cfg.rms_norm_eps)

@@ -80,13 +80,13 @@ def _attention_rows(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | 
     return rearrange(o, "b h (q g) d -> b q (h g) d", g=g)
 
 
-def stacked_decode_attention(q: jax.Array, k_stack: jax.Array, v_stack: jax.Array, layer, mask: jax.Array, *,
-                             scale: float | None = None) -> jax.Array:
-    """``attention(q, k, v, mask, scale_in_float32=True)`` for one query position per batch row, k / v being
-    layer ``layer`` (traced int) of the stacked caches k_stack / v_stack [L, B, S, Hkv, D]. q [B, 1, Hq, D];
-    mask [B, 1, S]. Float32 programs for one CPU device run ``kernels.decode_attention`` (the layer read in
-    place, one pass; Thinker width at KV 513, alone: 427 -> 187 us a call, decode step per layer 1.03-1.10x, Talker
-    1.05-1.09x); others XLA's ops on the sliced layer."""
+def stacked_cache_attention(q: jax.Array, k_stack: jax.Array, v_stack: jax.Array, layer, mask: jax.Array, *,
+                            scale: float | None = None) -> jax.Array:
+    """``attention(q, k, v, mask, scale_in_float32=True)`` with k / v layer ``layer`` (traced int) of the stacked
+    caches k_stack / v_stack [L, B, S, Hkv, D]; q [B, Lq, Hq, D], mask [B, Lq, S]. One query position per row
+    (decode) in a float32 program for one CPU device runs ``kernels.decode_attention``: the layer read in place,
+    one pass (Thinker width at KV 513, alone: 427 -> 187 us a call; decode step per layer 1.00-1.10x, Talker
+    1.05-1.09x). Otherwise XLA's ops on the sliced layer."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
 
     def xla(q, k_stack, v_stack, layer, mask):

@@ -12,7 +12,7 @@ import pytest
 
 from omni_jax import kernels
 from omni_jax.ops import attention as attention_ops
-from omni_jax.ops.attention import attention, stacked_decode_attention
+from omni_jax.ops.attention import attention, stacked_cache_attention
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the CPU kernels are off")
 
@@ -34,7 +34,7 @@ def case(seed, B, L, S, Hkv, G, D):
                                            (1, 2, 40, 2, 2, 144)])
 def test_kernel_matches_xla_attention(B, L, S, Hkv, G, D):
     q, k, v, mask = case(S + D, B, L, S, Hkv, G, D)
-    run = jax.jit(stacked_decode_attention)
+    run = jax.jit(stacked_cache_attention)
     assert "OmniDecodeAttention" in run.lower(q, k, v, 0, mask).as_text()
     for layer in range(L):
         y = run(q, k, v, layer, mask)
@@ -45,10 +45,10 @@ def test_kernel_matches_xla_attention(B, L, S, Hkv, G, D):
 
 def test_xla_ops_where_the_kernel_does_not_apply(monkeypatch):
     q, k, v, mask = case(0, 1, 2, 16, 2, 2, 16)
-    lowered = jax.jit(stacked_decode_attention).trace(q, k, v, 1, mask).lower(lowering_platforms=("cuda",))
+    lowered = jax.jit(stacked_cache_attention).trace(q, k, v, 1, mask).lower(lowering_platforms=("cuda",))
     assert "OmniDecodeAttention" not in lowered.as_text()
-    assert "OmniDecodeAttention" not in jax.jit(stacked_decode_attention).lower(
+    assert "OmniDecodeAttention" not in jax.jit(stacked_cache_attention).lower(
         q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), 1, mask).as_text()
     monkeypatch.setattr(attention_ops, "decode_attention_usable", lambda *a: False)
-    y = jax.jit(lambda *a: stacked_decode_attention(*a))(q, k, v, 1, mask)
+    y = jax.jit(lambda *a: stacked_cache_attention(*a))(q, k, v, 1, mask)
     np.testing.assert_allclose(y, attention(q, k[1], v[1], mask, scale_in_float32=True), atol=1e-6, rtol=0)

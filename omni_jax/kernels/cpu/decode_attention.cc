@@ -24,9 +24,10 @@ float lanes_sum(v16 a) {
   return s;
 }
 
-// halves of two vectors' lanes: lanes [i*w, (i+1)*w) of the result hold a and b's partial sums side by side
-#define OMNI_PAIR(a, b, ...) (__builtin_shufflevector(a, b, __VA_ARGS__))
-// r[s] = sum of x[s]'s lanes for 16 vectors (a transposing tree of shuffles and adds)
+#define OMNI_PAIR(a, b, ...) (__builtin_shufflevector(a, b, __VA_ARGS__))  // lanes picked from a (0-15), b (16-31)
+// r[s] = sum of x[s]'s lanes for 16 vectors: each level adds the two halves of every vector's partial sums, two
+// vectors per result, until each of the 16 lanes holds one vector's sum (15 shuffle pairs instead of 16 serial
+// sums of 16 lanes)
 v16 sums16(const v16* x) {
   v16 t[8], u[4], w[2];
   for (int i = 0; i < 8; ++i)
