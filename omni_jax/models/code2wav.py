@@ -48,6 +48,7 @@ from omni_jax.ops.conv import (
     conv_weight_from_hf,
     conv_weight_to_hf,
     depthwise_causal_conv1d,
+    polyphase_weight,
     trans_conv_weight_from_hf,
     trans_conv_weight_to_hf,
 )
@@ -266,11 +267,27 @@ def with_layer_views(params: dict) -> dict:
     """The params plus, under ``PER_LAYER``, each transformer layer's weights as arrays of their own aliasing the
     stacks (``common.stack_views``: no copy; single-device CPU only, else the params as they are). Scanning
     the stacks copies every layer's weights (62 MB at real width) on every decode; the streamer decodes many
-    windows, so it reads them in place through these views instead. Same results."""
+    windows, so it reads them in place through these views instead. With the views come each transposed conv's
+    kernel in polyphase layout (``ops.conv.polyphase_weight``, 107 MB at real width), which the program would
+    otherwise rearrange on every decode or run as a dilated conv. Same results."""
     if PER_LAYER in params:
         return params
     views = stack_views(params["layers"])
-    return params if views is None else dict(params, **{PER_LAYER: views})
+    if views is None:
+        return params
+    out = dict(params, **{PER_LAYER: views})
+    for name in params:
+        if name.startswith(("upsample", "block")):
+            tc = params[name]["trans_conv"]
+            stride = tc["w"].shape[0] // (1 if name.startswith("upsample") else 2)  # kernels s and 2s
+            out[name] = dict(params[name], trans_conv=dict(tc, polyphase_w=polyphase_weight(tc["w"], stride)))
+    return out
+
+
+def trans_conv(p: dict, x: jax.Array, stride: int) -> jax.Array:
+    """``causal_trans_conv1d`` with a ``Conv``'s params ``p``, from its polyphase kernel where
+    ``with_layer_views`` made one."""
+    return causal_trans_conv1d(x, p["w"], p["b"], stride, p.get("polyphase_w"))
 
 
 def convnext(p: dict, x: jax.Array) -> jax.Array:
@@ -300,7 +317,7 @@ def residual_unit_after_conv1(p: dict, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def decoder_block(p: dict, x: jax.Array, rate: int) -> jax.Array:
-    x = causal_trans_conv1d(snake(p["snake"], x), p["trans_conv"]["w"], p["trans_conv"]["b"], rate)
+    x = trans_conv(p["trans_conv"], snake(p["snake"], x), rate)
     for r, dilation in enumerate(RESIDUAL_DILATIONS):
         x = residual_unit(p[f"res{r}"], x, dilation)
     return x
@@ -316,7 +333,7 @@ def decode(params: dict, codes: jax.Array, cfg: Code2WavConfig) -> jax.Array:
     x = pre_transformer(params, x, cfg)
     for u, factor in enumerate(cfg.upsampling_ratios):
         p = params[f"upsample{u}"]
-        x = causal_trans_conv1d(x, p["trans_conv"]["w"], p["trans_conv"]["b"], factor)
+        x = trans_conv(p["trans_conv"], x, factor)
         x = convnext(p["convnext"], x)
     x = causal_conv1d(x, params["conv_in"]["w"], params["conv_in"]["b"])
     for b, rate in enumerate(cfg.upsample_rates):

@@ -39,9 +39,10 @@ from omni_jax.models.code2wav import (
     project_qkv,
     residual_unit_after_conv1,
     snake,
+    trans_conv,
 )
 from omni_jax.ops.attention import attention
-from omni_jax.ops.conv import causal_trans_conv1d, conv1d_valid
+from omni_jax.ops.conv import conv1d_valid
 from omni_jax.ops.linear import linear
 from omni_jax.ops.norms import rms_norm
 from omni_jax.ops.rope import rope_cos_sin
@@ -84,12 +85,13 @@ def _conv(history: jax.Array, x: jax.Array, w, b, valid, dilation: int = 1, grou
     return conv1d_valid(x, w, b, dilation, groups), _last(x, n + valid, n)
 
 
-def _trans_conv(previous: jax.Array, x: jax.Array, w, b, rate: int, valid, first: bool):
-    """HF CausalTransConvNet continuing a sequence: (output, valid output samples, new ``previous``)."""
+def _trans_conv(previous: jax.Array, x: jax.Array, p: dict, rate: int, valid, first: bool):
+    """HF CausalTransConvNet (a ``Conv``'s params ``p``) continuing a sequence: (output, valid output samples,
+    new ``previous``)."""
     if first:
-        return causal_trans_conv1d(x, w, b, rate), (valid - 1) * rate, _last(x, valid, 1)
+        return trans_conv(p, x, rate), (valid - 1) * rate, _last(x, valid, 1)
     x = jnp.concatenate([previous, x], axis=1)
-    return causal_trans_conv1d(x, w, b, rate), valid * rate, _last(x, valid + 1, 1)
+    return trans_conv(p, x, rate), valid * rate, _last(x, valid + 1, 1)
 
 
 def _attention_layer(p: dict, h: jax.Array, k_cache, v_cache, start, cos, sin, mask, cfg: Code2WavConfig):
@@ -137,7 +139,7 @@ def decode_after(params: dict, state: dict, codes: jax.Array, start, valid, cfg:
     x, k, v = pre_transformer_after(params, x, state["k"], state["v"], start, cfg)
     for u, factor in enumerate(cfg.upsampling_ratios):
         p = params[f"upsample{u}"]
-        x = causal_trans_conv1d(x, p["trans_conv"]["w"], p["trans_conv"]["b"], factor)  # k = s: no look-ahead
+        x = trans_conv(p["trans_conv"], x, factor)  # k = s: no look-ahead
         valid = valid * factor
         c = p["convnext"]
         y, history[f"upsample{u}"] = _conv(history[f"upsample{u}"], x, c["dwconv"]["w"], c["dwconv"]["b"], valid,
@@ -147,7 +149,7 @@ def decode_after(params: dict, state: dict, codes: jax.Array, start, valid, cfg:
     for b, rate in enumerate(cfg.upsample_rates):
         p = params[f"block{b}"]
         x, valid, previous[f"block{b}"] = _trans_conv(previous[f"block{b}"], snake(p["snake"], x),
-                                                      p["trans_conv"]["w"], p["trans_conv"]["b"], rate, valid, first)
+                                                      p["trans_conv"], rate, valid, first)
         for r, dilation in enumerate(RESIDUAL_DILATIONS):
             pr, name = p[f"res{r}"], f"block{b}.res{r}"
             y, history[name] = _conv(history[name], snake(pr["snake1"], x), pr["conv1"]["w"],

@@ -36,6 +36,7 @@ from omni_jax.models.code2wav import (
     total_upsample,
     wav_length,
     window_width,
+    with_layer_views,
 )
 from omni_jax.models.common import pure_params
 from omni_jax.weights.mapping import NameTable, export_tensors, flatten
@@ -122,6 +123,11 @@ def test_forward_matches_hf(setup):
     err = np.abs(out - ref).max()
     print(f"T={frames}: waveform max abs diff {err:.2e}")
     assert err <= TOL
+    # as the streamer runs it: transformer layers read in place, transposed convs from polyphase kernels
+    viewed = with_layer_views(pure_params(model))
+    assert "polyphase_w" in viewed["block0"]["trans_conv"] and "polyphase_w" in viewed["upsample0"]["trans_conv"]
+    out = np.asarray(decode_jit(viewed, jnp.asarray(codes, jnp.int32), cfg))
+    np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
 
 
 def test_pre_transformer_matches_hf_and_needs_the_window(setup):

@@ -17,6 +17,8 @@ from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
 from omni_jax.ops.conv import (
     causal_conv1d,
     causal_trans_conv1d,
+    polyphase_trans_conv1d,
+    polyphase_weight,
     conv_weight_from_hf,
     conv_weight_to_hf,
     depthwise_causal_conv1d,
@@ -90,6 +92,26 @@ def test_causal_trans_conv_matches_hf(k, s):
     full = np.asarray(trans_conv1d_full(jnp.asarray(x), jnp.asarray(w), b, s))
     np.testing.assert_allclose(full, full_ref, atol=TOL, rtol=0)
     np.testing.assert_array_equal(trans_conv_weight_to_hf(w), w_hf)
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (16, 8), (10, 5), (8, 4), (6, 3), (9, 3)])
+def test_polyphase_trans_conv_matches_hf(k, s):
+    """The polyphase form (kernel made ahead, as ``code2wav.with_layer_views`` does) against HF's module, and
+    against the dilated conv it replaces; the inputs are long enough that every output frame sums m taps."""
+    torch.manual_seed(5)
+    mod = Qwen3OmniMoeCausalTransConvNet(5, 3, k, s).eval()
+    x = np.random.default_rng(6).normal(size=(2, 11, 5)).astype(np.float32)
+    w = jnp.asarray(trans_conv_weight_from_hf(mod.conv.weight.detach().numpy()))
+    b = jnp.asarray(mod.conv.bias.detach().numpy())
+    pw = polyphase_weight(w, s)
+    chex.assert_shape(pw, (k // s, 5, s * 3))
+    y = polyphase_trans_conv1d(jnp.asarray(x), pw, b, s)
+    ref = _run_torch(mod, x)
+    chex.assert_shape(y, ref.shape)
+    np.testing.assert_allclose(np.asarray(y), ref, atol=TOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(causal_trans_conv1d(jnp.asarray(x), w, b, s, pw)), ref, atol=TOL, rtol=0)
+    full = np.asarray(trans_conv1d_full(jnp.asarray(x), w, b, s))
+    np.testing.assert_allclose(np.asarray(y), full[:, k - s: full.shape[1] - (k - s)], atol=TOL, rtol=0)
 
 
 def test_trans_conv_looks_one_frame_ahead():
