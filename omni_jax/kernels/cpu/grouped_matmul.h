@@ -2,6 +2,11 @@
 #pragma once
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <pthread.h>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -10,6 +15,17 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace omni {
+
+// True on XLA's intra-op threads (named tf_XLAEigen), false on the threads that launch programs.
+inline bool on_intra_op_thread() {
+  thread_local int known = -1;
+  if (known < 0) {
+    char name[32] = {0};
+    pthread_getname_np(pthread_self(), name, sizeof name);
+    known = std::strncmp(name, "tf_XLAEigen", 11) == 0;
+  }
+  return known == 1;
+}
 
 // body(i) for every i in [0, n), shared by the calling thread and XLA's intra-op threads (the pool that runs the
 // program's other ops: no second thread team competes with it for the cores). Items are claimed one at a time;
@@ -35,6 +51,48 @@ void parallel_for(xla::ffi::ThreadPool& pool, long n, const F& body) {
   for (long i; (i = state->next.fetch_add(1)) < n;) body(i);
   state->closed.store(true);
   while (state->active.load() != 0) std::this_thread::yield();
+}
+
+// Calls that read at least this many bytes of weights run on an intra-op thread (run_on_intra_op_thread): the
+// hand-off costs ~0.3 ms (the sleeping caller's wake-up), which smaller calls do not win back (16 MB: the code
+// predictor's q/k/v and gate/up handed off, 150 calls a frame, made a frame 170-180 -> 224 ms).
+constexpr long kHandOffBytes = 64l << 20;
+
+// body() on one of XLA's intra-op threads, where it can share its loops with the pool's other thread at once.
+// XLA runs chains of ops inline on the thread that launched the program; a kernel called there and working
+// beside the pool often ran at one core's speed (the one-layer decode step's MoE 6.5-8.9 ms instead of 4.9 ms:
+// step medians 8.4-9.6 ms with a tail to 14 ms; handed off 7.9-8.6 ms, 90 % under 9-11 ms). So when `large`
+// and called elsewhere, the call is handed to the pool and the caller sleeps until it is done. Should the pool
+// not start it within 100 ms (no thread to lend: never seen), the caller runs it, so the call always finishes.
+template <typename F>
+void run_on_intra_op_thread(xla::ffi::ThreadPool& pool, bool large, const F& body) {
+  if (!large || pool.num_threads() < 2 || on_intra_op_thread()) {
+    body();
+    return;
+  }
+  struct State {
+    std::atomic<bool> claimed{false}, done{false};
+    std::mutex m;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  const F* shared_body = &body;
+  pool.Schedule([state, shared_body]() {
+    if (state->claimed.exchange(true)) return;
+    (*shared_body)();
+    std::lock_guard<std::mutex> lock(state->m);
+    state->done.store(true);
+    state->cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(state->m);
+  const auto done = [&] { return state->done.load(); };
+  if (state->cv.wait_for(lock, std::chrono::milliseconds(100), done)) return;
+  if (!state->claimed.exchange(true)) {
+    lock.unlock();
+    body();
+    return;
+  }
+  state->cv.wait(lock, done);
 }
 
 // (matrix index, slot) pairs sorted by matrix: slot s reads input row s / in_div and writes output row s

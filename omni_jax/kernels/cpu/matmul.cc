@@ -15,7 +15,10 @@ namespace {
 void multiply(ffi::ThreadPool& pool, const float* x, long M, long K, const std::vector<omni::Matrix>& mats) {
   if (M == 0) return;
   if (M <= omni::stream_rows()) {
-    omni::stream_matmuls(pool, x, M, K, mats);
+    long columns = 0;
+    for (const omni::Matrix& m : mats) columns += m.n;
+    omni::run_on_intra_op_thread(pool, K * columns * (long)sizeof(float) >= omni::kHandOffBytes,
+                                 [&] { omni::stream_matmuls(pool, x, M, K, mats); });
     return;
   }
   omni::Pairs rows;

@@ -37,32 +37,35 @@ ffi::Error MoeExpertsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   const float* xp = x.typed_data();
   const float* wp = weights.typed_data();
   const int32_t* ep = experts.typed_data();
-  Pairs sorted;  // (expert, slot row t*K+k) for the slots with a nonzero weight
-  for (long a = 0; a < T * Kslots; ++a) {
-    if (wp[a] == 0.f) continue;
-    const long e = std::min<long>(std::max<long>(ep[a], 0), S - 1);
-    sorted.push_back({e, a});
-  }
-  std::sort(sorted.begin(), sorted.end());
-  const std::vector<Group> groups = omni::make_groups(sorted);
-  // per-slot rows; only the nonzero-weight slots' rows are written and read
-  std::unique_ptr<float[]> h(new float[(size_t)T * Kslots * I2]), act(new float[(size_t)T * Kslots * I]),
-      o(new float[(size_t)T * Kslots * H]);
-  omni::grouped_matmul(pool, sorted, groups, xp, Kslots, H, gate_up.typed_data(), H, I2, h.get(), I2);
-  omni::parallel_for(pool, (long)sorted.size(), [&](long i) {
-    swiglu_row(h.get() + sorted[i].second * I2, I, act.get() + sorted[i].second * I);
-  });
-  omni::grouped_matmul(pool, sorted, groups, act.get(), 1, I, down.typed_data(), I, H, o.get(), H);
-  float* yp = y->typed_data();
-  omni::parallel_for(pool, T, [&](long t) {
-    float* yr = yp + t * H;
-    std::fill(yr, yr + H, 0.f);
-    for (long k = 0; k < Kslots; ++k) {
-      const float w = wp[t * Kslots + k];
-      if (w == 0.f) continue;
-      const float* orow = o.get() + (t * Kslots + k) * H;
-      for (long n = 0; n < H; ++n) yr[n] += w * orow[n];
+  const bool large = T * Kslots * (H * I2 + I * H) * (long)sizeof(float) >= omni::kHandOffBytes;
+  omni::run_on_intra_op_thread(pool, large, [&] {
+    Pairs sorted;  // (expert, slot row t*K+k) for the slots with a nonzero weight
+    for (long a = 0; a < T * Kslots; ++a) {
+      if (wp[a] == 0.f) continue;
+      const long e = std::min<long>(std::max<long>(ep[a], 0), S - 1);
+      sorted.push_back({e, a});
     }
+    std::sort(sorted.begin(), sorted.end());
+    const std::vector<Group> groups = omni::make_groups(sorted);
+    // per-slot rows; only the nonzero-weight slots' rows are written and read
+    std::unique_ptr<float[]> h(new float[(size_t)T * Kslots * I2]), act(new float[(size_t)T * Kslots * I]),
+        o(new float[(size_t)T * Kslots * H]);
+    omni::grouped_matmul(pool, sorted, groups, xp, Kslots, H, gate_up.typed_data(), H, I2, h.get(), I2);
+    omni::parallel_for(pool, (long)sorted.size(), [&](long i) {
+      swiglu_row(h.get() + sorted[i].second * I2, I, act.get() + sorted[i].second * I);
+    });
+    omni::grouped_matmul(pool, sorted, groups, act.get(), 1, I, down.typed_data(), I, H, o.get(), H);
+    float* yp = y->typed_data();
+    omni::parallel_for(pool, T, [&](long t) {
+      float* yr = yp + t * H;
+      std::fill(yr, yr + H, 0.f);
+      for (long k = 0; k < Kslots; ++k) {
+        const float w = wp[t * Kslots + k];
+        if (w == 0.f) continue;
+        const float* orow = o.get() + (t * Kslots + k) * H;
+        for (long n = 0; n < H; ++n) yr[n] += w * orow[n];
+      }
+    });
   });
   return ffi::Error::Success();
 }
