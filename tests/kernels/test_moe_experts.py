@@ -44,6 +44,17 @@ def test_kernel_matches_xla_gather(shape, T, K):
     np.testing.assert_allclose(y, ref, atol=2e-6 * chex_scale, rtol=0)
 
 
+def test_large_call_handed_to_the_pool_matches_xla_gather():
+    """A call that may read >= 64 MB of expert weights (T * K = 24 slots of 3 MB each) and runs first in its
+    program (so on the launching thread) is handed to an XLA intra-op thread; its result is the same."""
+    S, H, I, K, T = 8, 512, 512, 8, 3
+    assert T * K * (H * 2 * I + I * H) * 4 >= 64 << 20
+    x, w, e, gu, dn = operands(T, S, H, I, T, K)
+    y = jax.jit(kernels.moe_experts)(x, w, e, gu, dn)
+    ref = jax.jit(xla_gather_moe)(x, w, e, gu, dn)
+    np.testing.assert_allclose(y, ref, atol=2e-6 * float(jnp.abs(ref).max()), rtol=0)
+
+
 @pytest.mark.parametrize("T,K", [(1, 4), (13, 5)])
 def test_xla_form_matches_xla_gather(T, K):
     """``moe_experts_xla``, what a program lowered for another platform runs instead of the kernel."""
