@@ -11,9 +11,9 @@ layer's), or is the same every step (the same experts: a lone layer's 225 MB par
 between repeats, on both sides). HF's figure is the faster of its two MoE experts implementations (``eager``,
 ``grouped_mm``) for each row, picked by a short run of the two (``side_by_side``). Both sides are built before
 timing and their timed runs interleaved (``timing.time_interleaved``: per round, three untimed runs and one
-timed run of each, the order rotated), so a drift in the shared host's load reaches both medians alike: single decode steps here moved by up to 1.8x from
-run to run. In a deep model each step streams every layer from memory, as the 16-token decode row and the
-depth rows at 8 layers do. The machine's limits are measured in the same run: decode is bounded by the bytes
+timed run of each, the order rotated), so a drift in the shared host's load reaches both medians alike: single
+decode steps here moved by up to 1.8x from run to run. In a deep model each step streams every layer from
+memory, as the 16-token decode row and the depth rows at 8 layers do. The machine's limits are measured in the same run: decode is bounded by the bytes
 of weights (and KV cache) a step must read over the measured memory read bandwidth; prefill by its
 FLOPs over the measured matmul throughput. ``share`` = limit time / measured time.
 
