@@ -13,9 +13,9 @@ between repeats, on both sides). HF's figure is the faster of its two MoE expert
 timing and their timed runs interleaved (``timing.time_interleaved``: per round, three untimed runs and one
 timed run of each, the order rotated), so a drift in the shared host's load reaches both medians alike: single
 decode steps here moved by up to 1.8x from run to run. In a deep model each step streams every layer from
-memory, as the 16-token decode row and the depth rows at 8 layers do. The machine's limits are measured in the same run: decode is bounded by the bytes
-of weights (and KV cache) a step must read over the measured memory read bandwidth; prefill by its
-FLOPs over the measured matmul throughput. ``share`` = limit time / measured time.
+memory, as the 16-token decode row and the depth rows at 8 layers do. The machine's limits are measured in the
+same run: decode is bounded by the bytes of weights (and KV cache) a step must read over the measured memory
+read bandwidth; prefill by its FLOPs over the measured matmul throughput. ``share`` = limit time / measured time.
 
 Depth rows (fp32): one decode step through ``d`` stacked layers for each ``d`` in ``--depths``, with a tap
 after layer ``d // 2`` (as the Talker reads a middle Thinker layer, which splits the layer scan), reported
