@@ -20,6 +20,7 @@ is cut off by their trims), so a short last chunk is padded on the right to the 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Iterable, Iterator
 
 import jax
@@ -280,8 +281,24 @@ def with_layer_views(params: dict) -> dict:
         if name.startswith(("upsample", "block")):
             tc = params[name]["trans_conv"]
             stride = tc["w"].shape[0] // (1 if name.startswith("upsample") else 2)  # kernels s and 2s
-            out[name] = dict(params[name], trans_conv=dict(tc, polyphase_w=polyphase_weight(tc["w"], stride)))
+            out[name] = dict(params[name], trans_conv=dict(tc, polyphase_w=_polyphase_kernel(tc["w"], stride)))
     return out
+
+
+_POLYPHASE_KERNELS: dict = {}  # id(weight) -> (weakref to the weight, stride, its polyphase kernel)
+
+
+def _polyphase_kernel(w: jax.Array, stride: int) -> jax.Array:
+    """``polyphase_weight(w, stride)`` for a weight on one CPU device, rearranged by numpy (no XLA program to
+    compile) once per weight: the generation calls ask for it on every call, and the weakref drops it with
+    the weight."""
+    hit = _POLYPHASE_KERNELS.get(id(w))
+    if hit is not None and hit[0]() is w and hit[1] == stride:
+        return hit[2]
+    kernel = jax.device_put(np.ascontiguousarray(polyphase_weight(np.asarray(w), stride)), next(iter(w.devices())))
+    key = id(w)
+    _POLYPHASE_KERNELS[key] = (weakref.ref(w, lambda _: _POLYPHASE_KERNELS.pop(key, None)), stride, kernel)
+    return kernel
 
 
 def trans_conv(p: dict, x: jax.Array, stride: int) -> jax.Array:

@@ -124,8 +124,12 @@ def test_forward_matches_hf(setup):
     print(f"T={frames}: waveform max abs diff {err:.2e}")
     assert err <= TOL
     # as the streamer runs it: transformer layers read in place, transposed convs from polyphase kernels
-    viewed = with_layer_views(pure_params(model))
+    params = pure_params(model)
+    viewed = with_layer_views(params)
     assert "polyphase_w" in viewed["block0"]["trans_conv"] and "polyphase_w" in viewed["upsample0"]["trans_conv"]
+    # made once per weight: the generation calls ask for the views on every call
+    kernel = viewed["block0"]["trans_conv"]["polyphase_w"]
+    assert with_layer_views(params)["block0"]["trans_conv"]["polyphase_w"] is kernel
     out = np.asarray(decode_jit(viewed, jnp.asarray(codes, jnp.int32), cfg))
     np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
 
