@@ -16,15 +16,22 @@
 
 namespace omni {
 
-// True on XLA's intra-op threads (named tf_XLAEigen), false on the threads that launch programs.
+// Set on a thread when it runs a task this header scheduled on XLA's pool: it is one of the pool's threads.
+inline bool& ran_pool_task() {
+  thread_local bool ran = false;
+  return ran;
+}
+
+// True on XLA's intra-op threads (named tf_XLAEigen by jax 0.10; a thread that ran one of our pool tasks counts
+// too, should a later XLA name them otherwise), false on the threads that launch programs.
 inline bool on_intra_op_thread() {
-  thread_local int known = -1;
-  if (known < 0) {
+  thread_local int named = -1;
+  if (named < 0) {
     char name[32] = {0};
     pthread_getname_np(pthread_self(), name, sizeof name);
-    known = std::strncmp(name, "tf_XLAEigen", 11) == 0;
+    named = std::strncmp(name, "tf_XLAEigen", 11) == 0;
   }
-  return known == 1;
+  return named == 1 || ran_pool_task();
 }
 
 // body(i) for every i in [0, n), shared by the calling thread and XLA's intra-op threads (the pool that runs the
@@ -43,6 +50,7 @@ void parallel_for(xla::ffi::ThreadPool& pool, long n, const F& body) {
   const long helpers = std::min<long>(n - 1, std::max<long>(pool.num_threads() - 1, 1));
   for (long h = 0; h < helpers; ++h)
     pool.Schedule([state, n, shared_body]() {
+      ran_pool_task() = true;
       state->active.fetch_add(1);
       if (!state->closed.load())
         for (long i; (i = state->next.fetch_add(1)) < n;) (*shared_body)(i);
@@ -78,6 +86,7 @@ void run_on_intra_op_thread(xla::ffi::ThreadPool& pool, bool large, const F& bod
   auto state = std::make_shared<State>();
   const F* shared_body = &body;
   pool.Schedule([state, shared_body]() {
+    ran_pool_task() = true;
     if (state->claimed.exchange(true)) return;
     (*shared_body)();
     std::lock_guard<std::mutex> lock(state->m);
