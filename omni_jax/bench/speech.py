@@ -157,8 +157,9 @@ def bench_talker(args, rows, results):
     n_layers = TalkerConfig().text.num_layers
     for dtype_name in args.dtypes.split(","):
         jdt = jnp.dtype(dtype_name)
-        jd_fn = jax_layer(cfg, jdt, 16, args.talker_kv)[1][1]
-        hd_fns = hf_layer(cfg, dtype_name, 16, args.talker_kv, talker=True)[1][1]
+        _, ours = jax_layer(cfg, jdt, 16, args.talker_kv)  # {1: decode of the same token}
+        _, theirs = hf_layer(cfg, dtype_name, 16, args.talker_kv, talker=True)
+        jd_fn, hd_fns = ours[1], theirs[1]
         jd, hd = side_by_side(jd_fn, hd_fns, warmup=2, repeat=16)
         tj, th = jd["median_s"], hd["median_s"]
         t_min = decode_bytes(cfg, args.talker_kv, jdt.itemsize) / bandwidth

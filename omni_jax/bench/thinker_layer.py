@@ -332,6 +332,12 @@ def main(argv=None) -> dict:
                         "(1 = the same token every step, so the same experts: 225 MB that partly stay in L3)")
     p.add_argument("--no-hf", action="store_true", help="skip the HF reference")
     args = p.parse_args(argv)
+    try:
+        decode_tokens = tuple(int(n) for n in args.decode_tokens.split(","))
+    except ValueError:
+        p.error(f"--decode-tokens: comma-separated token counts expected, got {args.decode_tokens!r}")
+    if not all(1 <= n <= args.prefill for n in decode_tokens):
+        p.error(f"--decode-tokens: each count must be 1..--prefill ({args.prefill}), got {args.decode_tokens!r}")
     cfg = layer_config()
     bw = memory_read_bandwidth()
     results = {"machine": {"memory_read_GBps": bw / 1e9}, "prefill_tokens": args.prefill, "kv": args.kv}
@@ -340,12 +346,12 @@ def main(argv=None) -> dict:
         jdt = jnp.dtype(dt)
         mm = matmul_flops(dt)
         results["machine"][f"matmul_{dt}_GFLOPs"] = mm / 1e9
-        tokens = tuple(int(n) for n in args.decode_tokens.split(","))
-        jp_fn, jd_fns = jax_layer(cfg, jdt, args.prefill, args.kv, decode_tokens=tokens)
-        hp_fns, hd_fns = ({}, {n: {} for n in tokens}) if args.no_hf else hf_layer(
-            cfg, dt, args.prefill, args.kv, decode_tokens=tokens)
+        jp_fn, jd_fns = jax_layer(cfg, jdt, args.prefill, args.kv, decode_tokens=decode_tokens)
+        hp_fns, hd_fns = ({}, {n: {} for n in decode_tokens}) if args.no_hf else hf_layer(
+            cfg, dt, args.prefill, args.kv, decode_tokens=decode_tokens)
         jp, hp = side_by_side(jp_fn, hp_fns, warmup=1, repeat=args.layer_repeat)
-        decodes = {n: side_by_side(jd_fns[n], hd_fns[n], warmup=2, repeat=4 * args.layer_repeat) for n in tokens}
+        decodes = {n: side_by_side(jd_fns[n], hd_fns[n], warmup=2, repeat=4 * args.layer_repeat)
+                   for n in decode_tokens}
         del jp_fn, jd_fns, hp_fns, hd_fns
         gc.collect()
         dec_limit = decode_bytes(cfg, args.kv, jdt.itemsize) / bw
